@@ -1,0 +1,78 @@
+"""Entry point: `python -m advjax.main --config=configs/X.py --workdir=DIR`.
+
+Any config field can be overridden on the command line, e.g.
+`--config.batch_size=256 --config.optimizer.learning_rate=0.05`.
+Rerunning with the same work directory resumes from its latest checkpoint.
+
+Multi-host: pass --coordinator_address/--num_processes/--process_id (or set
+ADVJAX_COORDINATOR_ADDRESS/ADVJAX_NUM_PROCESSES/ADVJAX_PROCESS_ID), or
+--distributed_auto on Cloud TPU pod slices, and start the same command on
+every host.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from advjax.errors import TrainingDiverged, UserError
+
+# Each trainer module has `train_and_evaluate(config, workdir)`.
+TRAINERS = {
+    "classifier": "advjax.train",
+}
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/*.py).",
+    lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
+flags.DEFINE_string("coordinator_address", None,
+                    "host:port of process 0, for multi-host runs.")
+flags.DEFINE_integer("num_processes", None, "Number of processes (hosts).")
+flags.DEFINE_integer("process_id", None, "This process's index.")
+flags.DEFINE_bool("distributed_auto", False,
+                  "Let jax.distributed.initialize() discover the cluster "
+                  "(Cloud TPU pod slices, SLURM).")
+
+
+def run(config, workdir: str):
+  """Runs the trainer the config names; returns its final metrics."""
+  name = config.get("trainer", "classifier")
+  if name not in TRAINERS:
+    raise UserError(f"config.trainer '{name}' is not one of {sorted(TRAINERS)}")
+  module = importlib.import_module(TRAINERS[name])
+  return module.train_and_evaluate(config, workdir)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if FLAGS.config is None:
+    raise app.UsageError("--config=configs/<experiment>.py is required")
+  if not FLAGS.workdir:
+    raise app.UsageError("--workdir=DIR is required")
+  logging.set_verbosity(logging.WARNING)
+  try:
+    from advjax import parallel  # pylint: disable=g-import-not-at-top
+    parallel.initialize_distributed(FLAGS.coordinator_address,
+                                    FLAGS.num_processes, FLAGS.process_id,
+                                    auto=FLAGS.distributed_auto)
+    run(FLAGS.config, FLAGS.workdir)
+  except UserError as e:
+    print(f"advjax: error: {e}", file=sys.stderr, flush=True)
+    sys.exit(2)
+  except TrainingDiverged as e:
+    print(f"advjax: error: {e}", file=sys.stderr, flush=True)
+    sys.exit(3)
+
+
+def entry_point():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  entry_point()

@@ -1,0 +1,15 @@
+"""Test set-up: four CPU devices, so data-parallel code is exercised on CPU.
+
+This must run before JAX initialises its backends; pytest imports conftest.py
+before any test module.
+"""
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_flags = os.environ.get("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in _flags:
+  os.environ["XLA_FLAGS"] = (_flags + " --xla_force_host_platform_device_count=4").strip()
+# Keep TensorFlow (used only when tfds prepares a dataset) quiet and on the CPU.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")

@@ -1,0 +1,41 @@
+"""Shared bits for the tests: loading configs by path, running the CLI."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name: str):
+  """`get_config()` of configs/<name>.py."""
+  path = os.path.join(ROOT, "configs", name + ".py")
+  spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def run_cli(args: list[str], *, num_devices: int = 4, mock_examples: int = 32,
+            timeout: float = 300, env: dict[str, str] | None = None,
+            wait: bool = True):
+  """Runs `advjax.main` with `args` on mock data in a fresh process."""
+  full_env = dict(os.environ)
+  full_env.update({
+      "JAX_PLATFORMS": "cpu",
+      "XLA_FLAGS": f"--xla_force_host_platform_device_count={num_devices}",
+      "MOCK_NUM_EXAMPLES": str(mock_examples),
+      "PYTHONPATH": ROOT,
+      "TF_CPP_MIN_LOG_LEVEL": "3",
+  })
+  full_env.update(env or {})
+  cmd = [sys.executable, os.path.join(ROOT, "tests", "mock_main.py"), *args]
+  if not wait:
+    return subprocess.Popen(cmd, env=full_env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+  return subprocess.run(cmd, env=full_env, cwd=ROOT, capture_output=True,
+                        text=True, timeout=timeout)

@@ -1,0 +1,134 @@
+"""The classifier train step: data parallelism, the non-finite guard."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from advjax import errors, models, parallel, train
+
+
+def _config():
+  config = ml_collections.ConfigDict()
+  config.model = ml_collections.ConfigDict(
+      dict(name="cnn", widths=(4, 8), hidden=16, dropout_rate=0.0))
+  config.optimizer = ml_collections.ConfigDict(
+      dict(name="sgd", learning_rate=0.1, momentum=0.9, nesterov=True,
+           weight_decay=1e-4, schedule="constant"))
+  return config
+
+
+def _batches(n, batch_size=8, shape=(8, 8, 3), seed=0):
+  rng = np.random.default_rng(seed)
+  return [{"image": rng.uniform(-1, 1, (batch_size, *shape)).astype(np.float32),
+           "label": rng.integers(0, 10, batch_size).astype(np.int32)}
+          for _ in range(n)]
+
+
+def _train(devices, batches, config=None):
+  config = config or _config()
+  mesh = parallel.make_mesh(devices)
+  model = models.create_model(config.model, 10, axis_name=parallel.AXIS)
+  state = train.create_train_state(config, model, (8, 8, 3),
+                                   jax.random.key(0), 100)
+  state = parallel.replicate(state, mesh)
+  step = parallel.data_parallel(
+      train.train_step, mesh, in_specs=(P(), P(parallel.AXIS), P()),
+      out_specs=(P(), P()))
+  rng = parallel.replicate(jax.random.key(1), mesh)
+  losses, snapshots = [], []
+  for b in batches:
+    state, metrics = step(state, parallel.shard_batch(b, mesh), rng)
+    losses.append(float(metrics["loss"]))
+    snapshots.append(jax.device_get(state.params))
+  return losses, state, snapshots
+
+
+def test_one_and_four_devices_give_the_same_loss_curve():
+  assert len(jax.devices()) == 4
+  batches = _batches(6)
+  losses1, state1, _ = _train(jax.devices()[:1], batches)
+  losses4, state4, _ = _train(jax.devices(), batches)
+  np.testing.assert_allclose(losses1, losses4, rtol=1e-5, atol=1e-6)
+  # Training moved the loss, so the curves compared are not flat.
+  assert abs(losses1[-1] - losses1[0]) > 1e-3
+  for a, b in zip(jax.tree.leaves(state1.params), jax.tree.leaves(state4.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
+                               atol=1e-5)
+  for a, b in zip(jax.tree.leaves(state1.batch_stats),
+                  jax.tree.leaves(state4.batch_stats)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
+                               atol=1e-5)
+
+
+def test_non_finite_loss_freezes_state_and_names_the_step():
+  batches = _batches(5)
+  batches[2]["image"][0, 0, 0, 0] = np.nan
+  losses, state, snapshots = _train(jax.devices()[:2], batches)
+  assert np.isfinite(losses[:2]).all() and not np.isfinite(losses[2])
+  assert int(state.bad_step) == 2
+  assert int(state.step) == 5
+  # Parameters stay those after the last good step (step 1), even though the
+  # batches after the bad one are finite again.
+  for later in snapshots[2:]:
+    for a, b in zip(jax.tree.leaves(snapshots[1]), jax.tree.leaves(later)):
+      np.testing.assert_array_equal(a, b)
+  with pytest.raises(errors.TrainingDiverged, match="at step 2"):
+    train.check_finite(state, last_saved_step=None, workdir="/tmp/x")
+
+
+def test_finite_training_never_trips_the_guard():
+  _, state, snapshots = _train(jax.devices()[:1], _batches(3))
+  assert int(state.bad_step) == -1
+  train.check_finite(state, last_saved_step=None, workdir="/tmp/x")
+  first, last = jax.tree.leaves(snapshots[0]), jax.tree.leaves(snapshots[-1])
+  assert any(not np.array_equal(a, b) for a, b in zip(first, last))
+
+
+def test_eval_step_counts_only_unmasked_examples():
+  config = _config()
+  mesh = parallel.make_mesh()
+  model = models.create_model(config.model, 10, axis_name=parallel.AXIS)
+  state = parallel.replicate(train.create_train_state(
+      config, model, (8, 8, 3), jax.random.key(0), 10), mesh)
+  batch = _batches(1)[0]
+  batch["mask"] = np.array([1, 1, 1, 0, 1, 0, 0, 0], np.float32)
+  p_eval = parallel.data_parallel(train.eval_step, mesh,
+                                  in_specs=(P(), P(parallel.AXIS)),
+                                  out_specs=P())
+  sums = jax.device_get(p_eval(state, parallel.shard_batch(batch, mesh)))
+  assert float(sums["count"]) == 4.0
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  logits = model.apply(jax.device_get(variables), jnp.asarray(batch["image"]),
+                       train=False)
+  keep = batch["mask"] == 1
+  correct = (np.argmax(logits, -1) == batch["label"])[keep].sum()
+  assert float(sums["correct"]) == pytest.approx(float(correct))
+
+
+def test_piecewise_schedule_divides_by_ten_at_half_and_three_quarters():
+  from advjax import optimizers
+  opt = ml_collections.ConfigDict(dict(
+      name="sgd", learning_rate=0.1, schedule="piecewise",
+      boundaries=(0.5, 0.75), decay_factor=0.1))
+  schedule = optimizers.create_schedule(opt, 1000)
+  assert float(schedule(0)) == pytest.approx(0.1)
+  assert float(schedule(499)) == pytest.approx(0.1)
+  assert float(schedule(500)) == pytest.approx(0.01)
+  assert float(schedule(749)) == pytest.approx(0.01)
+  assert float(schedule(750)) == pytest.approx(0.001)
+
+
+def test_weight_decay_skips_biases_and_batchnorm():
+  from advjax import optimizers
+  opt = ml_collections.ConfigDict(dict(
+      name="sgd", learning_rate=1.0, momentum=0.0, weight_decay=0.5,
+      schedule="constant"))
+  tx = optimizers.create_optimizer(opt, 10)
+  params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))}
+  zero = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(zero, tx.init(params), params)
+  np.testing.assert_allclose(updates["kernel"], -0.5 * np.ones((2, 2)))
+  np.testing.assert_allclose(updates["bias"], np.zeros(2))
