@@ -1,6 +1,5 @@
 """End to end through the CLI on mock data: checkpoints, resume, errors."""
 
-import json
 import os
 import signal
 import socket

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from advjax import errors, models, parallel, train
+from advjax import errors, loop, models, parallel, train
 
 
 def _config():
@@ -76,13 +76,13 @@ def test_non_finite_loss_freezes_state_and_names_the_step():
     for a, b in zip(jax.tree.leaves(snapshots[1]), jax.tree.leaves(later)):
       np.testing.assert_array_equal(a, b)
   with pytest.raises(errors.TrainingDiverged, match="at step 2"):
-    train.check_finite(state, last_saved_step=None, workdir="/tmp/x")
+    loop.check_finite(state, last_saved_step=None, workdir="/tmp/x")
 
 
 def test_finite_training_never_trips_the_guard():
   _, state, snapshots = _train(jax.devices()[:1], _batches(3))
   assert int(state.bad_step) == -1
-  train.check_finite(state, last_saved_step=None, workdir="/tmp/x")
+  loop.check_finite(state, last_saved_step=None, workdir="/tmp/x")
   first, last = jax.tree.leaves(snapshots[0]), jax.tree.leaves(snapshots[-1])
   assert any(not np.array_equal(a, b) for a, b in zip(first, last))
 

@@ -1,0 +1,256 @@
+"""The host-side training loop shared by every trainer.
+
+A trainer describes its job as a `Task` (initial state, per-device step,
+evaluation) and `run` does the rest: replicate the state over the device
+mesh, resume from the newest readable checkpoint, feed batches, and at
+intervals log, evaluate and checkpoint. The loop never waits for the devices
+between those intervals: per-step metrics stay on the devices until a log
+step averages them.
+
+Non-finite losses: trainers wrap their update in `guard_nonfinite`, which
+keeps the old state once a loss is not finite and records the step in
+`state.bad_step`; the loop checks it at log and checkpoint steps and stops
+with `TrainingDiverged` naming that step, so no saved state is ever poisoned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from advjax import checkpoints, input_pipeline, parallel
+from advjax.errors import TrainingDiverged
+from advjax.metric_writers import MetricWriter
+from advjax.parallel import AXIS
+
+
+def guard_nonfinite(old: Any, new: Any, loss: jax.Array) -> Any:
+  """`new`, unless `loss` is not finite (or was before): then `old`.
+
+  Works for any flax struct with `step` and `bad_step` fields. The step
+  counter always advances; `bad_step` keeps the first bad step.
+  """
+  ok = jnp.isfinite(loss) & (old.bad_step < 0)
+  kept = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+  bad_step = jnp.where(ok | (old.bad_step >= 0), old.bad_step, old.step)
+  return kept.replace(step=old.step + 1, bad_step=bad_step.astype(jnp.int32))
+
+
+class MetricBuffer:
+  """Collects per-step metric arrays without syncing; averages on demand."""
+
+  def __init__(self):
+    self._items: list[dict[str, jax.Array]] = []
+
+  def append(self, metrics: dict[str, jax.Array]) -> None:
+    self._items.append(metrics)
+
+  def mean(self) -> dict[str, float]:
+    if not self._items:
+      return {}
+    host = jax.device_get(self._items)
+    self._items = []
+    return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+
+
+class Progress:
+  """A tqdm bar on process 0: steps, images/s, loss, ETA."""
+
+  def __init__(self, total: int, initial: int, batch_size: int,
+               enabled: bool, desc: str = "train"):
+    self.batch_size = batch_size
+    self._last_time = time.time()
+    self._last_step = initial
+    self._bar = None
+    if enabled:
+      from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+      self._bar = tqdm(total=total, initial=initial, desc=desc, unit="step",
+                       dynamic_ncols=True, mininterval=1.0, smoothing=0.1)
+
+  def update(self, step: int) -> None:
+    if self._bar is not None:
+      self._bar.update(step - self._bar.n)
+
+  def images_per_sec(self, step: int) -> float:
+    """Throughput since the previous call."""
+    now = time.time()
+    rate = float("nan")
+    if step > self._last_step and now > self._last_time:
+      rate = (step - self._last_step) * self.batch_size / (
+          now - self._last_time)
+    self._last_time, self._last_step = now, step
+    return rate
+
+  def restart_clock(self, step: int) -> None:
+    """Excludes time spent since the last measurement (evaluation, saving)."""
+    self._last_time, self._last_step = time.time(), step
+
+  def set_postfix(self, **values) -> None:
+    if self._bar is not None:
+      self._bar.set_postfix(
+          {k: (f"{v:.4g}" if isinstance(v, float) else v)
+           for k, v in values.items()}, refresh=False)
+
+  def write(self, line: str) -> None:
+    if self._bar is not None:
+      self._bar.write(line)
+    elif jax.process_index() == 0:
+      print(line, flush=True)
+
+  def close(self) -> None:
+    if self._bar is not None:
+      self._bar.close()
+
+
+def check_finite(state: Any, last_saved_step: int | None,
+                 workdir: str) -> None:
+  """Raises TrainingDiverged naming the first step with a non-finite loss."""
+  bad = int(jax.device_get(state.bad_step))
+  if bad >= 0:
+    kept = (f"the last good checkpoint (step {last_saved_step}) is kept in "
+            f"{checkpoints.checkpoint_dir(workdir)}"
+            if last_saved_step is not None else "no checkpoint had been saved")
+    raise TrainingDiverged(f"loss became non-finite at step {bad}; training "
+                           f"stopped and {kept}")
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def num_train_steps(config: ml_collections.ConfigDict,
+                    steps_per_epoch: int) -> int:
+  """`config.num_train_steps` if positive, else `num_epochs` epochs."""
+  if config.get("num_train_steps", -1) and config.num_train_steps > 0:
+    return int(config.num_train_steps)
+  return max(int(math.ceil(config.num_epochs * steps_per_epoch)), 1)
+
+
+@dataclasses.dataclass
+class Task:
+  """What a trainer hands to `run`.
+
+  Attributes:
+    trainer: the trainer's name, saved in checkpoints (`restore` reads it).
+    state: the initial train state on the host (a flax struct with `step`
+      and `bad_step`).
+    step_fn: per-device `step(state, batch, rng) -> (state, metrics)`.
+    batch_size: global examples consumed per step.
+    train_source: the training data source.
+    evaluate: host-side `evaluate(state, step) -> metrics`; may write images.
+    summary: `summary(eval_metrics) -> str`, the end of the final line.
+    loss_key: the metric shown in the progress bar.
+  """
+  trainer: str
+  state: Any
+  step_fn: Callable[..., Any]
+  batch_size: int
+  train_source: Any
+  evaluate: Callable[[Any, int], dict[str, float]]
+  summary: Callable[[dict[str, float]], str]
+  loss_key: str = "loss"
+
+
+def run(config: ml_collections.ConfigDict, workdir: str, task: Task,
+        mesh: jax.sharding.Mesh, total_steps: int, steps_per_epoch: int,
+        t_start: float | None = None) -> dict[str, float]:
+  """Trains `task` to `total_steps`, resuming from `workdir`; returns the
+  final evaluation metrics."""
+  t_start = time.time() if t_start is None else t_start
+  is_main = jax.process_index() == 0
+  state = parallel.replicate(task.state, mesh)
+  rng = parallel.replicate(
+      jax.random.fold_in(jax.random.key(config.seed), 1), mesh)
+
+  ck = config.checkpoint
+  ckpt = checkpoints.Checkpointer(
+      workdir, keep=ck.get("keep", 3), best_metric=ck.get("best_metric"),
+      best_mode=ck.get("best_mode", "max"),
+      async_save=ck.get("async_save", True))
+  start_step, last_saved = 0, None
+  restored = ckpt.restore_latest(state)
+  if restored is not None:
+    state, meta = restored
+    start_step = int(meta["data_position"]["step"])
+    last_saved = int(meta["step"])
+    if is_main:
+      print(f"advjax: resumed from step {start_step} "
+            f"({ckpt.directory}/{last_saved})", flush=True)
+
+  p_step = parallel.data_parallel(task.step_fn, mesh,
+                                  in_specs=(P(), P(AXIS), P()),
+                                  out_specs=(P(), P()), donate_argnums=(0,))
+  meta_base = {"trainer": task.trainer,
+               "config": checkpoints.config_to_json(config)}
+  writer = MetricWriter(workdir, enabled=is_main)
+  train_iter = input_pipeline.TrainIterator(
+      task.train_source, global_batch_size=task.batch_size, seed=config.seed,
+      augment=config.dataset.get("augment", False), start_step=start_step)
+  progress = Progress(total_steps, start_step, task.batch_size,
+                      enabled=is_main and config.get("progress_bar", True))
+  buffer = MetricBuffer()
+  log_every = max(int(config.log_every_steps), 1)
+  eval_every = int(config.get("eval_every_steps", 0))
+  eval_every = eval_every if eval_every > 0 else steps_per_epoch
+  ckpt_every = int(ck.get("every_steps", 0))
+  ckpt_every = ckpt_every if ckpt_every > 0 else steps_per_epoch
+  eval_metrics: dict[str, float] = {}
+  step = start_step
+  try:
+    while step < total_steps:
+      batch = parallel.shard_batch(next(train_iter), mesh)
+      state, metrics = p_step(state, batch, rng)
+      buffer.append(metrics)
+      step += 1
+      progress.update(step)
+      is_last = step == total_steps
+      if step % log_every == 0 or is_last:
+        check_finite(state, last_saved, workdir)
+        scalars = {f"train/{k}": v for k, v in buffer.mean().items()}
+        scalars["train/images_per_sec"] = progress.images_per_sec(step)
+        scalars["train/epoch"] = step / steps_per_epoch
+        writer.write_scalars(step, scalars)
+        progress.set_postfix(
+            loss=scalars.get(f"train/{task.loss_key}", float("nan")),
+            img_s=round(scalars["train/images_per_sec"])
+            if math.isfinite(scalars["train/images_per_sec"]) else "-")
+      did_eval = False
+      if step % eval_every == 0 or is_last:
+        eval_metrics = task.evaluate(state, step)
+        writer.write_scalars(step, eval_metrics)
+        progress.write(f"step {step}: " + ", ".join(
+            f"{k} {v:.4g}" for k, v in eval_metrics.items()))
+        did_eval = True
+      if step % ckpt_every == 0 or is_last:
+        check_finite(state, last_saved, workdir)
+        ckpt.save(step, state,
+                  dict(meta_base, data_position={"step": step}),
+                  metrics=eval_metrics if did_eval else None)
+        last_saved = step
+      if did_eval or step % ckpt_every == 0:
+        progress.restart_clock(step)
+  finally:
+    progress.close()
+    train_iter.close()
+    ckpt.close()
+    writer.close()
+
+  if not eval_metrics:  # resumed a finished run: evaluate what is there
+    eval_metrics = task.evaluate(state, step)
+  if is_main:
+    print(f"advjax: finished {total_steps} steps in "
+          f"{format_duration(time.time() - t_start)}: "
+          f"{task.summary(eval_metrics)}; checkpoint "
+          f"{ckpt.directory}/{step}", flush=True)
+  return eval_metrics
