@@ -17,7 +17,8 @@ _he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
 class SmallCNN(nn.Module):
-  """Stages of (conv-BN-ReLU) x 2 + max-pool, then a hidden dense layer.
+  """Stages of (conv-BN-ReLU) x convs_per_stage + max-pool, then a hidden
+  dense layer.
 
   468,010 parameters at the default widths with 28x28x1 inputs and 10
   classes (most of them in the hidden layer); sized for the Fashion-MNIST
@@ -25,13 +26,15 @@ class SmallCNN(nn.Module):
   """
   num_classes: int
   widths: Sequence[int] = (32, 64)
+  convs_per_stage: int = 2
   hidden: int = 128
   dropout_rate: float = 0.0
   axis_name: str | None = None
   dtype: Any = jnp.float32
 
   def __post_init__(self):
-    if not self.widths or min(self.widths) < 1 or self.hidden < 1:
+    if (not self.widths or min(self.widths) < 1 or self.hidden < 1
+        or self.convs_per_stage < 1):
       raise UserError(f"SmallCNN needs non-empty positive widths and hidden "
                       f"size, not widths={self.widths}, hidden={self.hidden}")
     super().__post_init__()
@@ -45,7 +48,7 @@ class SmallCNN(nn.Module):
     """
     x = x.astype(self.dtype)
     for i, width in enumerate(self.widths):
-      for j in range(2):
+      for j in range(self.convs_per_stage):
         x = nn.Conv(width, (3, 3), use_bias=False, dtype=self.dtype,
                     kernel_init=_he_normal, name=f"conv{i}_{j}")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
