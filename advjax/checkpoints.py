@@ -208,6 +208,78 @@ class Restored:
     model, variables = self.model, self.variables
     return lambda x: model.apply(variables, x, train=False)
 
+  # -- GAN checkpoints -------------------------------------------------------
+
+  @functools.cached_property
+  def num_classes(self) -> int:
+    """Classes of the dataset (classifier) or of the conditioning (GAN; 0 for
+    an unconditional GAN)."""
+    from advjax import input_pipeline  # pylint: disable=g-import-not-at-top
+    info = input_pipeline.get_dataset_info(self.config.dataset.name)
+    if self.trainer == "gan" and not self.config.model.get("conditional",
+                                                            False):
+      return 0
+    return info.num_classes
+
+  @functools.cached_property
+  def _gan_modules(self):
+    from advjax import gan_train, input_pipeline  # pylint: disable=g-import-not-at-top
+    self._require("gan")
+    info = input_pipeline.get_dataset_info(self.config.dataset.name)
+    return gan_train.create_models(self.config, self.num_classes,
+                                   info.image_shape, axis_name=None)
+
+  @property
+  def generator(self):
+    return self._gan_modules[0]
+
+  @property
+  def discriminator(self):
+    return self._gan_modules[1]
+
+  @functools.cached_property
+  def _generate(self):
+    from advjax import gan_train  # pylint: disable=g-import-not-at-top
+    return gan_train.make_generate_fn(self.generator)
+
+  def generator_variables(self, ema: bool = True) -> dict[str, Any]:
+    """The generator's variables; the moving average of its weights when
+    the run kept one and `ema` is true."""
+    from advjax import gan_train  # pylint: disable=g-import-not-at-top
+    self._require("gan")
+    params = (gan_train.sampling_params(self.state) if ema
+              else self.state["g_params"])
+    return {"params": params, **(self.state.get("g_state") or {})}
+
+  def generate(self, z: Any, labels: Any = None, ema: bool = True
+               ) -> jax.Array:
+    """G(z, labels) in inference mode; images in [-1, 1]."""
+    v = self.generator_variables(ema)
+    g_state = {k: x for k, x in v.items() if k != "params"}
+    labels = None if labels is None else jnp.asarray(labels, jnp.int32)
+    return self._generate(v["params"], g_state, jnp.asarray(z, jnp.float32),
+                          labels)
+
+  def sample(self, label: Any = None, n: int = 16, seed: int = 0,
+             ema: bool = True) -> np.ndarray:
+    """`n` samples of class `label` (an int, or one label per sample; None
+    for an unconditional GAN), from latent vectors drawn with `seed`."""
+    self._require("gan")
+    if self.num_classes and label is None:
+      raise UserError(f"this GAN is class-conditional: pass a class in "
+                      f"[0, {self.num_classes})")
+    if not self.num_classes and label is not None:
+      raise UserError("this GAN is unconditional: call sample() without a "
+                      "class")
+    labels = None
+    if label is not None:
+      labels = np.broadcast_to(np.asarray(label, np.int32), (n,))
+      if labels.min() < 0 or labels.max() >= self.num_classes:
+        raise UserError(f"class {label} is outside [0, {self.num_classes})")
+    z = jax.random.normal(jax.random.key(seed),
+                          (n, int(self.config.model.latent_dim)))
+    return np.asarray(self.generate(z, labels, ema))
+
   def _require(self, trainer: str) -> None:
     if self.trainer != trainer:
       raise UserError(f"checkpoint in {self.workdir} was written by the "

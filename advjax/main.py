@@ -55,7 +55,7 @@ def main(argv):
     raise app.UsageError("--config=configs/<experiment>.py is required")
   if not FLAGS.workdir:
     raise app.UsageError("--workdir=DIR is required")
-  logging.set_verbosity(logging.WARNING)
+  logging.set_verbosity(logging.ERROR)
   try:
     from advjax import parallel  # pylint: disable=g-import-not-at-top
     parallel.initialize_distributed(FLAGS.coordinator_address,
@@ -70,8 +70,24 @@ def main(argv):
     sys.exit(3)
 
 
-def entry_point():
-  app.run(main)
+def _parse_flags(argv: list[str]) -> list[str]:
+  """Parses flags; a bad flag or `--config.x` override gives one line."""
+  try:
+    return FLAGS(argv)
+  except flags.Error as e:
+    message = str(e)
+  except (AttributeError, KeyError) as e:
+    message = (f"unknown config field {str(e).strip(chr(34))} in a --config.* "
+               f"override; see the config file for the fields it has")
+  print(f"advjax: error: {message.splitlines()[0]}", file=sys.stderr,
+        flush=True)
+  sys.exit(2)
+
+
+def entry_point(argv: list[str] | None = None):
+  argv = list(sys.argv if argv is None else argv)
+  remaining = _parse_flags(argv)
+  app.run(main, argv=argv, flags_parser=lambda _: remaining)
 
 
 if __name__ == "__main__":

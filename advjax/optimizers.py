@@ -1,7 +1,7 @@
 """Optimisers and learning-rate schedules built from a config.
 
 `config.optimizer` holds:
-  name: 'sgd' | 'adam' | 'adamw'
+  name: 'sgd' | 'adam' | 'adamw' | 'rmsprop'
   learning_rate: peak rate
   momentum, nesterov (sgd); b1, b2, eps (adam/adamw)
   weight_decay: L2 penalty on kernels (sgd/adam: added to the gradient as in
@@ -20,7 +20,7 @@ import optax
 
 from advjax.errors import UserError
 
-_OPTIMIZERS = ("sgd", "adam", "adamw")
+_OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 _SCHEDULES = ("constant", "piecewise", "cosine", "linear")
 
 
@@ -76,6 +76,11 @@ def create_optimizer(opt: ml_collections.ConfigDict,
       parts.append(optax.add_decayed_weights(wd, mask=_kernel_mask))
     parts.append(optax.adam(schedule, b1=opt.get("b1", 0.9),
                             b2=opt.get("b2", 0.999), eps=opt.get("eps", 1e-8)))
+  elif name == "rmsprop":
+    if wd:
+      parts.append(optax.add_decayed_weights(wd, mask=_kernel_mask))
+    parts.append(optax.rmsprop(schedule, decay=opt.get("decay", 0.9),
+                               eps=opt.get("eps", 1e-8)))
   else:
     parts.append(optax.adamw(schedule, b1=opt.get("b1", 0.9),
                              b2=opt.get("b2", 0.999), eps=opt.get("eps", 1e-8),

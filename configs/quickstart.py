@@ -22,13 +22,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = ml_collections.ConfigDict()
   config.model.name = "cnn"
   config.model.widths = (32, 64)
+  config.model.convs_per_stage = 1
   config.model.hidden = 128
   config.model.dropout_rate = 0.3
   config.dtype = "float32"
 
   config.batch_size = 128
   config.eval_batch_size = 1000
-  config.num_epochs = 8.0
+  config.num_epochs = 5.0
   config.num_train_steps = -1
   config.label_smoothing = 0.0
 

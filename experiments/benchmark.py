@@ -13,7 +13,6 @@ Numbers are for the machine it runs on; nothing here asserts a speed.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import time
@@ -25,17 +24,13 @@ from jax.sharding import PartitionSpec as P
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from advjax import input_pipeline, models, parallel, train  # pylint: disable=g-import-not-at-top
+from advjax import config_utils, input_pipeline, models, parallel, train  # pylint: disable=g-import-not-at-top
 
 CLASSIFIER_CONFIGS = ("quickstart", "densenet_cifar10", "densenet_cifar100")
 
 
 def load_config(name: str):
-  path = os.path.join(ROOT, "configs", name + ".py")
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_utils.load(os.path.join(ROOT, "configs", name + ".py"))
 
 
 def benchmark(name: str, steps: int, batch_size: int | None,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -12,11 +11,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def load_config(name: str):
   """`get_config()` of configs/<name>.py."""
-  path = os.path.join(ROOT, "configs", name + ".py")
-  spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  from advjax import config_utils  # pylint: disable=g-import-not-at-top
+  return config_utils.load(os.path.join(ROOT, "configs", name + ".py"))
 
 
 def run_cli(args: list[str], *, num_devices: int = 4, mock_examples: int = 32,

@@ -10,11 +10,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-from absl import app
 
 from advjax import main as advjax_main
 
 if __name__ == "__main__":
   num_examples = int(os.environ.get("MOCK_NUM_EXAMPLES", "64"))
   with tfds.testing.mock_data(num_examples=num_examples):
-    app.run(advjax_main.main)
+    advjax_main.entry_point()

@@ -1,0 +1,38 @@
+"""Loading experiment configs (`configs/*.py`) outside the command line.
+
+    config = advjax.config_utils.load("configs/quickstart.py")
+
+Config files may build on each other with `base("other_config")`, which
+loads a config file from the same folder as the caller.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+
+import ml_collections
+
+from advjax.errors import UserError
+
+
+def load(path: str) -> ml_collections.ConfigDict:
+  """`get_config()` of the config file at `path`."""
+  path = os.path.abspath(os.path.expanduser(path))
+  if not os.path.isfile(path):
+    raise UserError(f"config file '{path}' does not exist")
+  name = "advjax_config_" + os.path.splitext(os.path.basename(path))[0]
+  spec = importlib.util.spec_from_file_location(name, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise UserError(f"config file '{path}' has no get_config()")
+  return module.get_config()
+
+
+def base(name: str) -> ml_collections.ConfigDict:
+  """The config `<name>.py` from the caller's folder (for config files)."""
+  caller = inspect.stack()[1].filename
+  return load(os.path.join(os.path.dirname(os.path.abspath(caller)),
+                           name + ".py"))
