@@ -286,13 +286,18 @@ class Restored:
                       f"'{self.trainer}' trainer, not a {trainer}")
 
 
+def _read_only_manager(directory: str) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      directory, options=_options(1, None, "max", False, read_only=True),
+      item_handlers={STATE: ocp.StandardCheckpointHandler(),
+                     META: ocp.JsonCheckpointHandler()})
+
+
 def available_steps(workdir: str) -> list[int]:
   directory = checkpoint_dir(workdir)
   if not os.path.isdir(directory):
     return []
-  mngr = ocp.CheckpointManager(
-      directory, options=_options(1, None, "max", False, read_only=True),
-      item_names=(STATE, META))
+  mngr = _read_only_manager(directory)
   steps = sorted(mngr.all_steps())
   mngr.close()
   return steps
@@ -311,9 +316,7 @@ def restore(workdir: str, step: int | None = None,
   directory = checkpoint_dir(workdir)
   if not os.path.isdir(directory):
     raise UserError(f"no checkpoints in '{workdir}' (looked for {directory})")
-  mngr = ocp.CheckpointManager(
-      directory, options=_options(1, None, "max", False, read_only=True),
-      item_names=(STATE, META))
+  mngr = _read_only_manager(directory)
   try:
     steps = sorted(mngr.all_steps())
     if not steps:
@@ -370,17 +373,17 @@ def _restore_state_on_default_device(mngr, step: int) -> Any:
   """Restores the state whatever devices it was saved from."""
   metadata = mngr.item_metadata(step)[STATE]
   tree = metadata.tree if hasattr(metadata, "tree") else metadata
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
 
   def abstract(m):
-    if hasattr(m, "shape") and hasattr(m, "dtype"):
-      return jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device)
-    return m
+    return jax.ShapeDtypeStruct(tuple(m.shape), m.dtype, sharding=device)
 
   target = jax.tree.map(abstract, tree,
-                        is_leaf=lambda m: hasattr(m, "shape"))
+                        is_leaf=lambda m: hasattr(m, "shape")
+                        and hasattr(m, "dtype"))
   restored = mngr.restore(step, args=ocp.args.Composite(
-      **{STATE: ocp.args.StandardRestore(target)}))
+      **{STATE: ocp.args.StandardRestore(target,
+                                         fallback_sharding=device)}))
   return restored[STATE]
 
 

@@ -80,8 +80,20 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-  """Puts a pytree of host values on every device of the mesh."""
-  return jax.device_put(tree, replicated(mesh))
+  """Puts a pytree of host values (the same on every host) on every device
+  of the mesh, including devices of other hosts."""
+  sharding = replicated(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+
+  def put(x):
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(
+        x.dtype, jax.dtypes.prng_key):
+      impl = jax.random.key_impl(x)
+      data = put(jax.random.key_data(x))
+      return jax.random.wrap_key_data(data, impl=impl)
+    return jax.make_array_from_process_local_data(sharding, np.asarray(x))
+  return jax.tree.map(put, tree)
 
 
 def shard_batch(host_batch: Any, mesh: Mesh) -> Any:
