@@ -122,8 +122,8 @@ def save_png(image: np.ndarray, path: str, scale: int | None = None) -> str:
   if pixels.shape[-1] == 1:
     pixels = pixels[..., 0]
   img = Image.fromarray(pixels)
-  if scale is None:
-    scale = max(1, 256 // max(img.size))
+  if scale is None:  # enlarge small images to at least 512 pixels wide
+    scale = max(1, -(-512 // max(img.size)))
   if scale > 1:
     img = img.resize((img.size[0] * scale, img.size[1] * scale),
                      Image.NEAREST)

@@ -1,0 +1,204 @@
+"""Evaluating checkpoints: classifier robustness and GAN sample quality.
+
+  python -m advjax.evaluate --mode=robustness --workdir=CLASSIFIER_DIR \
+      [--eps=0.02,0.05,0.1] [--substitute_workdir=DIR] [--gan_workdir=DIR]
+  python -m advjax.evaluate --mode=gan --workdir=GAN_DIR \
+      [--classifier_workdir=DIR] [--fid_weights=PATH]
+
+Each writes `<out>/<mode>.md` (a Markdown table), `<out>/<mode>.json` and PNG
+images (clean above, adversarial below) to `--out` (default
+`<workdir>/eval`), and prints the table.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from advjax import attacks, checkpoints, input_pipeline
+from advjax.errors import UserError
+from advjax.metric_writers import image_grid, save_png
+
+
+def eval_data(restored: checkpoints.Restored, num_examples: int,
+              batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """(images, labels) batches of the run's test split, first `num_examples`."""
+  config = restored.config
+  info = input_pipeline.get_dataset_info(config.dataset.name)
+  source = input_pipeline.get_source(info.name, info.eval_split,
+                                     config.dataset.get("data_dir") or None)
+  n = len(source) if num_examples <= 0 else min(num_examples, len(source))
+  for batch in input_pipeline.eval_batches(source, global_batch_size=batch_size,
+                                           process_index=0, process_count=1):
+    keep = batch["mask"] > 0
+    images, labels = batch["image"][keep], batch["label"][keep]
+    if n <= 0:
+      return
+    yield images[:n], labels[:n]
+    n -= len(labels)
+
+
+def _accuracy(predict: Callable, images, labels) -> float:
+  return float(np.mean(np.asarray(predict(images)) == np.asarray(labels)))
+
+
+def robustness(classifier: checkpoints.Restored, *, eps_list: list[float],
+               pgd_steps: int = 10, pgd_step_ratio: float = 0.25,
+               num_examples: int = 1000, batch_size: int = 250,
+               substitute: checkpoints.Restored | None = None,
+               seed: int = 0) -> dict[str, Any]:
+  """Clean, FGSM and PGD (L-inf) accuracy, and transfer error if asked.
+
+  eps is in the pipeline's [-1, 1] units; PGD uses `pgd_steps` steps of
+  `pgd_step_ratio * eps` with a random start.
+  """
+  if any(e < 0 for e in eps_list):
+    raise UserError(f"eps must be >= 0, got {eps_list}")
+  logits_fn = classifier.logits_fn()
+  fgsm = jax.jit(functools.partial(attacks.fgsm, logits_fn),
+                 static_argnames=())
+  pgd = jax.jit(functools.partial(attacks.pgd, logits_fn),
+                static_argnames=("num_steps", "norm"))
+  sub_fgsm = None
+  if substitute is not None:
+    sub_fgsm = jax.jit(functools.partial(attacks.fgsm,
+                                         substitute.logits_fn()))
+  counts = {"n": 0, "clean": 0.0}
+  per_eps = {e: {"fgsm": 0.0, "pgd": 0.0, "transfer": 0.0} for e in eps_list}
+  examples = {}
+  key = jax.random.key(seed)
+  for b, (images, labels) in enumerate(eval_data(classifier, num_examples,
+                                                 batch_size)):
+    x, y = jnp.asarray(images), jnp.asarray(labels)
+    n = len(labels)
+    counts["n"] += n
+    counts["clean"] += n * _accuracy(classifier.predict, x, y)
+    for e in eps_list:
+      x_fgsm = fgsm(x, y, e)
+      x_pgd = pgd(x, y, jax.random.fold_in(key, b), eps=e,
+                  step_size=pgd_step_ratio * e, num_steps=pgd_steps)
+      per_eps[e]["fgsm"] += n * _accuracy(classifier.predict, x_fgsm, y)
+      per_eps[e]["pgd"] += n * _accuracy(classifier.predict, x_pgd, y)
+      if sub_fgsm is not None:
+        x_t = sub_fgsm(x, y, e)
+        per_eps[e]["transfer"] += n * (
+            1.0 - _accuracy(classifier.predict, x_t, y))
+      if b == 0:
+        examples[e] = (np.asarray(x[:8]), np.asarray(x_fgsm[:8]),
+                       np.asarray(x_pgd[:8]))
+  total = max(counts["n"], 1)
+  rows = []
+  for e in eps_list:
+    row = {"eps": e, "fgsm_accuracy": per_eps[e]["fgsm"] / total,
+           "pgd_accuracy": per_eps[e]["pgd"] / total}
+    if substitute is not None:
+      row["transfer_error"] = per_eps[e]["transfer"] / total
+    rows.append(row)
+  return {"num_examples": counts["n"], "clean_accuracy": counts["clean"] / total,
+          "pgd_steps": pgd_steps, "rows": rows, "examples": examples}
+
+
+def robustness_markdown(result: dict[str, Any]) -> str:
+  clean = result["clean_accuracy"]
+  has_transfer = any("transfer_error" in r for r in result["rows"])
+  lines = [f"Clean accuracy: {100 * clean:.2f}% on {result['num_examples']} "
+           f"test images (eps in [-1, 1] pixel units; PGD: "
+           f"{result['pgd_steps']} steps, L-inf, random start)", "",
+           "| eps | FGSM accuracy | drop vs clean | PGD accuracy |"
+           + (" transfer error |" if has_transfer else ""),
+           "| --- | --- | --- | --- |" + (" --- |" if has_transfer else "")]
+  for r in result["rows"]:
+    line = (f"| {r['eps']:g} | {100 * r['fgsm_accuracy']:.2f}% | "
+            f"{100 * (clean - r['fgsm_accuracy']):.2f} points | "
+            f"{100 * r['pgd_accuracy']:.2f}% |")
+    if has_transfer:
+      line += f" {100 * r['transfer_error']:.2f}% |"
+    lines.append(line)
+  return "\n".join(lines) + "\n"
+
+
+def write_report(out_dir: str, name: str, markdown: str,
+                 data: dict[str, Any], images: dict[str, np.ndarray]) -> None:
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, f"{name}.md"), "w", encoding="utf-8") as f:
+    f.write(markdown)
+  with open(os.path.join(out_dir, f"{name}.json"), "w", encoding="utf-8") as f:
+    json.dump(data, f, indent=2)
+  for tag, image in images.items():
+    save_png(image, os.path.join(out_dir, f"{tag}.png"))
+
+
+def _example_images(examples) -> dict[str, np.ndarray]:
+  """Per eps: clean row above, FGSM below, PGD at the bottom."""
+  out = {}
+  for e, (clean, x_fgsm, x_pgd) in examples.items():
+    stacked = np.concatenate([clean, x_fgsm, x_pgd])
+    out[f"robustness_eps{e:g}"] = image_grid(stacked, rows=3)
+  return out
+
+
+def main(argv):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  f = flags.FLAGS
+  if len(argv) > 1:
+    raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if not f.workdir:
+    raise UserError("--workdir is required")
+  out_dir = f.out or os.path.join(f.workdir, "eval")
+  if f.mode == "robustness":
+    classifier = checkpoints.restore(f.workdir)
+    classifier._require("classifier")  # pylint: disable=protected-access
+    substitute = (checkpoints.restore(f.substitute_workdir)
+                  if f.substitute_workdir else None)
+    result = robustness(classifier,
+                        eps_list=[float(e) for e in f.eps],
+                        pgd_steps=f.pgd_steps, num_examples=f.num_examples,
+                        batch_size=f.batch_size, substitute=substitute)
+    markdown = robustness_markdown(result)
+    images = _example_images(result.pop("examples"))
+    write_report(out_dir, "robustness", markdown, result, images)
+  else:
+    raise UserError(f"--mode must be 'robustness' or 'gan', not '{f.mode}'")
+  print(markdown)
+  print(f"advjax: report written to {out_dir}")
+
+
+def _define_flags():
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_enum("mode", "robustness", ["robustness", "gan"],
+                    "What to evaluate.")
+  flags.DEFINE_string("workdir", None, "The checkpoint's work directory.")
+  flags.DEFINE_string("out", None, "Report folder (default <workdir>/eval).")
+  flags.DEFINE_list("eps", ["0.02", "0.05", "0.1"],
+                    "Attack budgets in [-1, 1] pixel units.")
+  flags.DEFINE_integer("pgd_steps", 10, "PGD iterations.")
+  flags.DEFINE_integer("num_examples", 1000, "Test images to attack (<=0: all).")
+  flags.DEFINE_integer("batch_size", 250, "Batch size of the attacks.")
+  flags.DEFINE_string("substitute_workdir", None,
+                      "Classifier to craft transfer attacks on.")
+
+
+def entry_point():
+  from absl import app  # pylint: disable=g-import-not-at-top
+  _define_flags()
+
+  def wrapped(argv):
+    from absl import logging  # pylint: disable=g-import-not-at-top
+    logging.set_verbosity(logging.ERROR)
+    try:
+      main(argv)
+    except UserError as e:
+      print(f"advjax: error: {e}", file=sys.stderr, flush=True)
+      sys.exit(2)
+  app.run(wrapped)
+
+
+if __name__ == "__main__":
+  entry_point()
