@@ -1,0 +1,99 @@
+"""Checkpoint retention, corrupt-checkpoint fallback, notebook restore."""
+
+import glob
+import os
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from advjax import checkpoints
+from advjax.errors import UserError
+
+
+def _state(value):
+  return {"params": {"w": jnp.full((3,), float(value))},
+          "step": jnp.asarray(value, jnp.int32)}
+
+
+def _meta(step):
+  return {"trainer": "classifier", "data_position": {"step": step},
+          "config": {"dataset": {"name": "mnist"},
+                     "checkpoint": {"best_metric": "eval/accuracy",
+                                    "best_mode": "max"}}}
+
+
+def _save_steps(workdir, accuracies, keep=2):
+  ckpt = checkpoints.Checkpointer(workdir, keep=keep,
+                                  best_metric="eval/accuracy",
+                                  async_save=False)
+  for step, acc in accuracies.items():
+    metrics = None if acc is None else {"eval/accuracy": acc}
+    ckpt.save(step, _state(step), _meta(step), metrics=metrics)
+  ckpt.close()
+
+
+def test_keeps_the_last_k_and_the_best(tmp_path):
+  workdir = str(tmp_path)
+  _save_steps(workdir, {1: 0.5, 2: 0.9, 3: 0.6, 4: None, 5: 0.7}, keep=2)
+  assert checkpoints.available_steps(workdir) == [2, 4, 5]
+  assert checkpoints.restore(workdir).step == 5
+  best = checkpoints.restore(workdir, best=True)
+  assert best.step == 2
+  assert best.meta["metrics"]["eval/accuracy"] == pytest.approx(0.9)
+  np.testing.assert_array_equal(best.state["params"]["w"], np.full(3, 2.0))
+
+
+def test_resume_skips_a_corrupt_latest_checkpoint_with_a_warning(tmp_path):
+  workdir = str(tmp_path)
+  _save_steps(workdir, {1: None, 2: None, 3: None}, keep=3)
+  # Damage every data file of the newest checkpoint's state.
+  for path in glob.glob(os.path.join(workdir, "checkpoints", "3", "state",
+                                     "**", "*"), recursive=True):
+    if os.path.isfile(path):
+      with open(path, "wb") as f:
+        f.write(b"garbage")
+  ckpt = checkpoints.Checkpointer(workdir, keep=3, async_save=False)
+  with pytest.warns(RuntimeWarning, match="checkpoints/3 cannot be read"):
+    state, meta = ckpt.restore_latest(_state(0))
+  ckpt.close()
+  assert meta["step"] == 2 and meta["data_position"]["step"] == 2
+  np.testing.assert_array_equal(state["params"]["w"], np.full(3, 2.0))
+  with pytest.warns(RuntimeWarning, match="cannot be read"):
+    assert checkpoints.restore(workdir).step == 2
+
+
+def test_half_written_checkpoint_is_ignored(tmp_path):
+  workdir = str(tmp_path)
+  _save_steps(workdir, {1: None, 2: None}, keep=3)
+  # What a crash during a save leaves: orbax's temporary folder.
+  os.makedirs(os.path.join(workdir, "checkpoints",
+                           "3.orbax-checkpoint-tmp-1234", "state"))
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    assert checkpoints.restore(workdir).step == 2
+  ckpt = checkpoints.Checkpointer(workdir, keep=3, async_save=False)
+  _, meta = ckpt.restore_latest(_state(0))
+  ckpt.close()
+  assert meta["step"] == 2
+
+
+def test_restore_explains_what_is_missing(tmp_path):
+  with pytest.raises(UserError, match="no checkpoints"):
+    checkpoints.restore(str(tmp_path))
+  _save_steps(str(tmp_path), {1: None}, keep=1)
+  with pytest.raises(UserError, match="available: \\[1\\]"):
+    checkpoints.restore(str(tmp_path), step=7)
+  restored = checkpoints.restore(str(tmp_path))
+  with pytest.raises(UserError, match="'classifier' trainer, not a gan"):
+    restored.sample(0)
+
+
+def test_step_folder_without_its_files_falls_back(tmp_path):
+  workdir = str(tmp_path)
+  _save_steps(workdir, {1: None, 2: None}, keep=3)
+  os.makedirs(os.path.join(workdir, "checkpoints", "3", "state"))
+  with pytest.warns(RuntimeWarning, match="cannot be read"):
+    assert checkpoints.restore(workdir).step == 2
