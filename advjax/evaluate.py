@@ -57,7 +57,7 @@ def robustness(classifier: checkpoints.Restored, *, eps_list: list[float],
   """Clean, FGSM and PGD (L-inf) accuracy, and transfer error if asked.
 
   eps is in the pipeline's [-1, 1] units; PGD uses `pgd_steps` steps of
-  `pgd_step_ratio * eps` with a random start.
+  `pgd_step_ratio * eps` with a random start (0 steps: no PGD).
   """
   if any(e < 0 for e in eps_list):
     raise UserError(f"eps must be >= 0, got {eps_list}")
@@ -82,10 +82,12 @@ def robustness(classifier: checkpoints.Restored, *, eps_list: list[float],
     counts["clean"] += n * _accuracy(classifier.predict, x, y)
     for e in eps_list:
       x_fgsm = fgsm(x, y, e)
-      x_pgd = pgd(x, y, jax.random.fold_in(key, b), eps=e,
-                  step_size=pgd_step_ratio * e, num_steps=pgd_steps)
       per_eps[e]["fgsm"] += n * _accuracy(classifier.predict, x_fgsm, y)
-      per_eps[e]["pgd"] += n * _accuracy(classifier.predict, x_pgd, y)
+      x_pgd = x_fgsm
+      if pgd_steps > 0:
+        x_pgd = pgd(x, y, jax.random.fold_in(key, b), eps=e,
+                    step_size=pgd_step_ratio * e, num_steps=pgd_steps)
+        per_eps[e]["pgd"] += n * _accuracy(classifier.predict, x_pgd, y)
       if sub_fgsm is not None:
         x_t = sub_fgsm(x, y, e)
         per_eps[e]["transfer"] += n * (
@@ -96,8 +98,9 @@ def robustness(classifier: checkpoints.Restored, *, eps_list: list[float],
   total = max(counts["n"], 1)
   rows = []
   for e in eps_list:
-    row = {"eps": e, "fgsm_accuracy": per_eps[e]["fgsm"] / total,
-           "pgd_accuracy": per_eps[e]["pgd"] / total}
+    row = {"eps": e, "fgsm_accuracy": per_eps[e]["fgsm"] / total}
+    if pgd_steps > 0:
+      row["pgd_accuracy"] = per_eps[e]["pgd"] / total
     if substitute is not None:
       row["transfer_error"] = per_eps[e]["transfer"] / total
     rows.append(row)
@@ -108,16 +111,21 @@ def robustness(classifier: checkpoints.Restored, *, eps_list: list[float],
 def robustness_markdown(result: dict[str, Any]) -> str:
   clean = result["clean_accuracy"]
   has_transfer = any("transfer_error" in r for r in result["rows"])
+  has_pgd = result["pgd_steps"] > 0
   lines = [f"Clean accuracy: {100 * clean:.2f}% on {result['num_examples']} "
-           f"test images (eps in [-1, 1] pixel units; PGD: "
-           f"{result['pgd_steps']} steps, L-inf, random start)", "",
-           "| eps | FGSM accuracy | drop vs clean | PGD accuracy |"
+           f"test images (eps in [-1, 1] pixel units"
+           + (f"; PGD: {result['pgd_steps']} steps, L-inf, random start)"
+              if has_pgd else ")"), "",
+           "| eps | FGSM accuracy | drop vs clean |"
+           + (" PGD accuracy |" if has_pgd else "")
            + (" transfer error |" if has_transfer else ""),
-           "| --- | --- | --- | --- |" + (" --- |" if has_transfer else "")]
+           "| --- | --- | --- |" + (" --- |" if has_pgd else "")
+           + (" --- |" if has_transfer else "")]
   for r in result["rows"]:
     line = (f"| {r['eps']:g} | {100 * r['fgsm_accuracy']:.2f}% | "
-            f"{100 * (clean - r['fgsm_accuracy']):.2f} points | "
-            f"{100 * r['pgd_accuracy']:.2f}% |")
+            f"{100 * (clean - r['fgsm_accuracy']):.2f} points |")
+    if has_pgd:
+      line += f" {100 * r['pgd_accuracy']:.2f}% |"
     if has_transfer:
       line += f" {100 * r['transfer_error']:.2f}% |"
     lines.append(line)

@@ -23,6 +23,8 @@ from advjax.errors import TrainingDiverged, UserError
 # Each trainer module has `train_and_evaluate(config, workdir)`.
 TRAINERS = {
     "classifier": "advjax.train",
+    "distillation": "advjax.distillation",
+    "gan": "advjax.gan_train",
 }
 
 FLAGS = flags.FLAGS

@@ -17,6 +17,7 @@ import functools
 import time
 from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -26,6 +27,7 @@ from flax.training import train_state
 from jax.sharding import PartitionSpec as P
 
 from advjax import input_pipeline, loop, models, optimizers, parallel
+from advjax.errors import UserError
 from advjax.parallel import AXIS
 
 TRAINER = "classifier"
@@ -40,12 +42,20 @@ class TrainState(train_state.TrainState):
   """
   batch_stats: Any = None
   bad_step: jax.Array = None
+  # Defensive distillation: the frozen teacher's variables ({} without one).
+  teacher: Any = None
+  teacher_apply_fn: Any = flax.struct.field(pytree_node=False, default=None)
 
 
 def create_train_state(config: ml_collections.ConfigDict, model: Any,
                        image_shape: tuple[int, ...], rng: jax.Array,
-                       num_train_steps: int) -> TrainState:
-  """Initialises the model and optimiser on the host's default device."""
+                       num_train_steps: int, teacher: Any = None
+                       ) -> TrainState:
+  """Initialises the model and optimiser on the host's default device.
+
+  `teacher` (an `advjax.checkpoints.Restored` classifier) makes this a
+  distillation student trained on the teacher's soft labels.
+  """
   dummy = jnp.zeros((1, *image_shape), jnp.float32)
   variables = jax.jit(functools.partial(model.init, train=False))(
       {"params": rng, "dropout": rng}, dummy)
@@ -53,7 +63,9 @@ def create_train_state(config: ml_collections.ConfigDict, model: Any,
   state = TrainState.create(
       apply_fn=model.apply, params=variables["params"],
       batch_stats=variables.get("batch_stats", {}), tx=tx,
-      bad_step=jnp.asarray(-1, jnp.int32))
+      bad_step=jnp.asarray(-1, jnp.int32),
+      teacher=teacher.variables if teacher is not None else {},
+      teacher_apply_fn=teacher.model.apply if teacher is not None else None)
   return state.replace(step=jnp.asarray(0, jnp.int32))
 
 
@@ -68,17 +80,33 @@ def cross_entropy(logits: jax.Array, labels: jax.Array,
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
-               *, label_smoothing: float = 0.0
+               *, label_smoothing: float = 0.0, temperature: float = 1.0
                ) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One SGD step on this device's part of the batch (run under shard_map)."""
+  """One SGD step on this device's part of the batch (run under shard_map).
+
+  The loss is the cross-entropy of softmax(logits / temperature): with the
+  labels, or, for a distillation student, with the teacher's
+  softmax(teacher_logits / temperature) (Papernot et al. 2016, "Distillation
+  as a Defense to Adversarial Perturbations").
+  """
   rng = parallel.device_rng(rng, state.step)
+  soft_targets = None
+  if state.teacher_apply_fn is not None:
+    teacher_logits = state.teacher_apply_fn(state.teacher, batch["image"],
+                                            train=False)
+    soft_targets = jax.nn.softmax(teacher_logits / temperature)
 
   def loss_fn(params):
     variables = {"params": params, "batch_stats": state.batch_stats}
     logits, updates = state.apply_fn(
         variables, batch["image"], train=True, mutable=["batch_stats"],
         rngs={"dropout": rng})
-    loss = cross_entropy(logits, batch["label"], label_smoothing)
+    if soft_targets is None:
+      loss = cross_entropy(logits / temperature, batch["label"],
+                           label_smoothing)
+    else:
+      loss = optax.softmax_cross_entropy(logits / temperature,
+                                         soft_targets).mean()
     return loss, (logits, updates)
 
   (loss, (logits, updates)), grads = jax.value_and_grad(
@@ -156,8 +184,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
   model = models.create_model(config.model, info.num_classes, axis_name=AXIS,
                               dtype=jnp.dtype(config.get("dtype", "float32")))
+  teacher = None
+  teacher_dir = config.get("distill", {}).get("teacher_workdir", "")
+  if teacher_dir:
+    from advjax import checkpoints  # pylint: disable=g-import-not-at-top
+    teacher = checkpoints.restore(teacher_dir)
+    teacher._require(TRAINER)  # pylint: disable=protected-access
+    if teacher.config.dataset.name != info.name:
+      raise UserError(f"the teacher in {teacher_dir} was trained on "
+                      f"{teacher.config.dataset.name}, not {info.name}")
   state = create_train_state(config, model, info.image_shape,
-                             jax.random.key(config.seed), total_steps)
+                             jax.random.key(config.seed), total_steps,
+                             teacher=teacher)
   if jax.process_index() == 0:
     print(f"advjax: {config.model.name} with "
           f"{models.count_params(state.params):,} parameters on "
@@ -170,7 +208,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   task = loop.Task(
       trainer=TRAINER, state=state,
       step_fn=functools.partial(
-          train_step, label_smoothing=config.get("label_smoothing", 0.0)),
+          train_step, label_smoothing=config.get("label_smoothing", 0.0),
+          temperature=float(config.get("temperature", 1.0))),
       batch_size=config.batch_size, train_source=train_source,
       evaluate=lambda s, step: evaluate(p_eval_step, s, eval_source,
                                         eval_batch_size, mesh),

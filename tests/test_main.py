@@ -180,3 +180,24 @@ def test_two_processes_train_in_lockstep_with_four_local_devices(tmp_path):
   np.testing.assert_allclose(losses(multi), losses(single), rtol=1e-5)
   _params_equal(checkpoints.restore(multi).params,
                 checkpoints.restore(single).params, rtol=1e-4, atol=1e-6)
+
+
+def test_distillation_config_trains_teacher_and_student_and_compares(tmp_path):
+  workdir = str(tmp_path / "distill")
+  out = run_cli(["--config=configs/distillation_fashion_mnist.py",
+                 "--config.num_train_steps=4", "--config.batch_size=16",
+                 "--config.eval_batch_size=16",
+                 "--config.distill.eval_examples=32",
+                 "--config.progress_bar=False", f"--workdir={workdir}"],
+                mock_examples=64)
+  assert out.returncode == 0, out.stderr[-3000:]
+  teacher = checkpoints.restore(os.path.join(workdir, "teacher"))
+  student = checkpoints.restore(os.path.join(workdir, "student"))
+  assert teacher.config.temperature == student.config.temperature == 20.0
+  assert student.config.distill.teacher_workdir == os.path.join(workdir,
+                                                                "teacher")
+  assert not teacher.config.distill.teacher_workdir
+  with open(os.path.join(workdir, "distillation.md")) as f:
+    table = f.read()
+  assert "| teacher |" in table and "| student |" in table
+  assert "FGSM eps=0.1" in table

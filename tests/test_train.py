@@ -1,5 +1,7 @@
 """The classifier train step: data parallelism, the non-finite guard."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -132,3 +134,38 @@ def test_weight_decay_skips_biases_and_batchnorm():
   updates, _ = tx.update(zero, tx.init(params), params)
   np.testing.assert_allclose(updates["kernel"], -0.5 * np.ones((2, 2)))
   np.testing.assert_allclose(updates["bias"], np.zeros(2))
+
+
+def test_distillation_student_learns_the_teachers_soft_labels_at_temperature():
+  from advjax import checkpoints
+  config = _config()
+  model = models.create_model(config.model, 10)
+  teacher_model = models.create_model(config.model, 10)
+  teacher_vars = teacher_model.init(jax.random.key(5), jnp.zeros((1, 8, 8, 3)),
+                                    train=False)
+  teacher = checkpoints.Restored(
+      config=ml_collections.ConfigDict(
+          {"model": config.model.to_dict(), "dataset": {"name": "cifar10"}}),
+      state=dict(teacher_vars), meta={"trainer": "classifier"}, step=0,
+      workdir="teacher")
+  state = train.create_train_state(config, model, (8, 8, 3),
+                                   jax.random.key(0), 10, teacher=teacher)
+  batch = _batches(1)[0]
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  temperature = 4.0
+  step = parallel.data_parallel(
+      functools.partial(train.train_step, temperature=temperature), mesh,
+      in_specs=(P(), P(parallel.AXIS), P()), out_specs=(P(), P()))
+  _, metrics = step(parallel.replicate(state, mesh),
+                    parallel.shard_batch(batch, mesh),
+                    parallel.replicate(jax.random.key(1), mesh))
+  logits, _ = model.apply({"params": state.params,
+                           "batch_stats": state.batch_stats},
+                          batch["image"], train=True, mutable=["batch_stats"])
+  soft = jax.nn.softmax(teacher_model.apply(teacher_vars, batch["image"],
+                                            train=False) / temperature)
+  expected = -jnp.mean(jnp.sum(soft * jax.nn.log_softmax(logits / temperature),
+                               -1))
+  assert float(metrics["loss"]) == pytest.approx(float(expected), rel=1e-5)
+  hard = train.cross_entropy(logits / temperature, batch["label"])
+  assert abs(float(hard) - float(expected)) > 1e-3
