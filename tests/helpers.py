@@ -22,7 +22,8 @@ def run_cli(args: list[str], *, num_devices: int = 4, mock_examples: int = 32,
   full_env = dict(os.environ)
   full_env.update({
       "JAX_PLATFORMS": "cpu",
-      "XLA_FLAGS": f"--xla_force_host_platform_device_count={num_devices}",
+      "XLA_FLAGS": (f"--xla_force_host_platform_device_count={num_devices}"
+                    " --xla_backend_optimization_level=0"),
       "MOCK_NUM_EXAMPLES": str(mock_examples),
       "PYTHONPATH": ROOT,
       "TF_CPP_MIN_LOG_LEVEL": "3",
