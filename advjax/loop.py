@@ -228,9 +228,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task,
       did_eval = False
       if step % eval_every == 0 or is_last:
         eval_metrics = task.evaluate(state, step)
-        writer.write_scalars(step, eval_metrics)
-        progress.write(f"step {step}: " + ", ".join(
-            f"{k} {v:.4g}" for k, v in eval_metrics.items()))
+        if eval_metrics:
+          writer.write_scalars(step, eval_metrics)
+          progress.write(f"step {step}: " + ", ".join(
+              f"{k} {v:.4g}" for k, v in eval_metrics.items()))
         did_eval = True
       if step % ckpt_every == 0 or is_last:
         check_finite(state, last_saved, workdir)
