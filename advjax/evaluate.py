@@ -152,6 +152,129 @@ def _example_images(examples) -> dict[str, np.ndarray]:
   return out
 
 
+def gan_metrics(gan: checkpoints.Restored,
+                classifier: checkpoints.Restored | None = None, *,
+                samples_per_class: int = 100, num_real: int = 2000,
+                fid_weights: str | None = None, inception: bool = True,
+                seed: int = 0, batch_size: int = 250) -> dict[str, Any]:
+  """Sample-quality numbers of a GAN checkpoint.
+
+  - classifier accuracy on class-conditional samples (how often `classifier`
+    gives the conditioning class; the study reports 89% for its DenseNet);
+  - classifier FID: FID in the feature space of `classifier` between test
+    images and samples (offline; not comparable with Inception FID);
+  - Inception FID and Inception Score with pytorch-fid's weights, when they
+    can be found (else the reason is reported).
+  """
+  from advjax import fid  # pylint: disable=g-import-not-at-top
+  num_classes = gan.num_classes
+  classes = max(num_classes, 1)
+  labels = np.repeat(np.arange(classes), samples_per_class).astype(np.int32)
+  z = jax.random.normal(jax.random.key(seed),
+                        (len(labels), int(gan.config.model.latent_dim)))
+  fakes = np.concatenate([
+      np.asarray(gan.generate(z[i:i + batch_size],
+                              labels[i:i + batch_size] if num_classes
+                              else None))
+      for i in range(0, len(labels), batch_size)])
+  result: dict[str, Any] = {"num_samples": int(len(fakes))}
+  if classifier is not None:
+    classifier._require("classifier")  # pylint: disable=protected-access
+    if classifier.config.dataset.name != gan.config.dataset.name:
+      raise UserError(f"the classifier was trained on "
+                      f"{classifier.config.dataset.name}, the GAN on "
+                      f"{gan.config.dataset.name}")
+    preds = np.concatenate([classifier.predict(fakes[i:i + batch_size])
+                            for i in range(0, len(fakes), batch_size)])
+    if num_classes:
+      result["classifier_accuracy_on_samples"] = float(np.mean(preds ==
+                                                               labels))
+    reals = np.concatenate([x for x, _ in eval_data(classifier, num_real,
+                                                    batch_size)])
+    model, variables = classifier.model, classifier.variables
+    extractor = fid.FeatureExtractor(
+        lambda v, x: model.apply(v, x, train=False, return_features=True)[1],
+        variables, batch_size=batch_size)
+    result["classifier_fid"] = fid.classifier_fid(extractor(reals),
+                                                  extractor(fakes))
+  if inception:
+    try:
+      extractor = fid.FeatureExtractor(weights_path=fid_weights,
+                                       batch_size=50)
+    except UserError as e:
+      result["inception"] = f"not computed: {e}"
+    else:
+      info = input_pipeline.get_dataset_info(gan.config.dataset.name)
+      source = input_pipeline.get_source(
+          info.name, info.eval_split, gan.config.dataset.get("data_dir") or None)
+      reals = np.concatenate([
+          b["image"][b["mask"] > 0] for b in input_pipeline.eval_batches(
+              source, global_batch_size=batch_size, process_index=0,
+              process_count=1)])[:num_real]
+      real_pool, _ = extractor(reals)
+      fake_pool, fake_logits = extractor(fakes)
+      result["inception_fid"] = fid.fid_from_features(real_pool, fake_pool)
+      result["inception_score"] = fid.inception_score(fake_logits)[0]
+  grid_rows = min(classes, 10)
+  per_row = min(samples_per_class, 10)
+  picks = np.concatenate([np.arange(r * samples_per_class,
+                                    r * samples_per_class + per_row)
+                          for r in range(grid_rows)])
+  result["grid"] = image_grid(fakes[picks], rows=grid_rows)
+  return result
+
+
+def gan_markdown(result: dict[str, Any]) -> str:
+  rows = [("samples", f"{result['num_samples']}")]
+  if "classifier_accuracy_on_samples" in result:
+    rows.append(("classifier accuracy on class-conditional samples",
+                 f"{100 * result['classifier_accuracy_on_samples']:.2f}%"))
+  if "classifier_fid" in result:
+    rows.append(("FID in the classifier's feature space (not Inception FID)",
+                 f"{result['classifier_fid']:.3f}"))
+  if "inception_fid" in result:
+    rows.append(("Inception FID", f"{result['inception_fid']:.2f}"))
+    rows.append(("Inception Score", f"{result['inception_score']:.2f}"))
+  elif "inception" in result:
+    rows.append(("Inception FID / IS", result["inception"]))
+  return "\n".join(["| metric | value |", "| --- | --- |"]
+                   + [f"| {k} | {v} |" for k, v in rows]) + "\n"
+
+
+def report(mode: str, workdir: str, out: str | None = None, *,
+           eps: tuple[float, ...] = (0.02, 0.05, 0.1), pgd_steps: int = 10,
+           num_examples: int = 1000, batch_size: int = 250,
+           substitute_workdir: str | None = None,
+           classifier_workdir: str | None = None,
+           samples_per_class: int = 100, fid_weights: str | None = None,
+           inception: bool = True) -> str:
+  """Writes the `mode` report of `workdir` to `out`; returns its Markdown."""
+  out = out or os.path.join(workdir, "eval")
+  if mode == "robustness":
+    classifier = checkpoints.restore(workdir)
+    classifier._require("classifier")  # pylint: disable=protected-access
+    substitute = (checkpoints.restore(substitute_workdir)
+                  if substitute_workdir else None)
+    result = robustness(classifier, eps_list=[float(e) for e in eps],
+                        pgd_steps=pgd_steps, num_examples=num_examples,
+                        batch_size=batch_size, substitute=substitute)
+    markdown = robustness_markdown(result)
+    images = _example_images(result.pop("examples"))
+  elif mode == "gan":
+    gan = checkpoints.restore(workdir)
+    gan._require("gan")  # pylint: disable=protected-access
+    classifier = (checkpoints.restore(classifier_workdir)
+                  if classifier_workdir else None)
+    result = gan_metrics(gan, classifier, samples_per_class=samples_per_class,
+                         fid_weights=fid_weights, inception=inception)
+    markdown = gan_markdown(result)
+    images = {"gan_samples": result.pop("grid")}
+  else:
+    raise UserError(f"--mode must be 'robustness' or 'gan', not '{mode}'")
+  write_report(out, mode, markdown, result, images)
+  return markdown
+
+
 def main(argv):
   from absl import flags  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
@@ -159,23 +282,16 @@ def main(argv):
     raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not f.workdir:
     raise UserError("--workdir is required")
-  out_dir = f.out or os.path.join(f.workdir, "eval")
-  if f.mode == "robustness":
-    classifier = checkpoints.restore(f.workdir)
-    classifier._require("classifier")  # pylint: disable=protected-access
-    substitute = (checkpoints.restore(f.substitute_workdir)
-                  if f.substitute_workdir else None)
-    result = robustness(classifier,
-                        eps_list=[float(e) for e in f.eps],
-                        pgd_steps=f.pgd_steps, num_examples=f.num_examples,
-                        batch_size=f.batch_size, substitute=substitute)
-    markdown = robustness_markdown(result)
-    images = _example_images(result.pop("examples"))
-    write_report(out_dir, "robustness", markdown, result, images)
-  else:
-    raise UserError(f"--mode must be 'robustness' or 'gan', not '{f.mode}'")
+  out = f.out or os.path.join(f.workdir, "eval")
+  markdown = report(f.mode, f.workdir, out, eps=tuple(f.eps),
+                    pgd_steps=f.pgd_steps, num_examples=f.num_examples,
+                    batch_size=f.batch_size,
+                    substitute_workdir=f.substitute_workdir,
+                    classifier_workdir=f.classifier_workdir,
+                    samples_per_class=f.samples_per_class,
+                    fid_weights=f.fid_weights, inception=f.inception)
   print(markdown)
-  print(f"advjax: report written to {out_dir}")
+  print(f"advjax: report written to {out}")
 
 
 def _define_flags():
@@ -191,6 +307,14 @@ def _define_flags():
   flags.DEFINE_integer("batch_size", 250, "Batch size of the attacks.")
   flags.DEFINE_string("substitute_workdir", None,
                       "Classifier to craft transfer attacks on.")
+  flags.DEFINE_string("classifier_workdir", None,
+                      "--mode=gan: classifier for accuracy on samples and "
+                      "classifier-feature FID.")
+  flags.DEFINE_integer("samples_per_class", 100, "--mode=gan: samples.")
+  flags.DEFINE_string("fid_weights", None,
+                      "--mode=gan: pytorch-fid's InceptionV3 weights file.")
+  flags.DEFINE_bool("inception", True,
+                    "--mode=gan: compute Inception FID/IS (needs weights).")
 
 
 def entry_point():

@@ -22,7 +22,7 @@ What the config switches (`config.gan`):
   instance_noise: std of Gaussian noise added to every D input, annealed
     linearly to 0 over instance_noise_anneal_steps (Sonderby et al. 2017)
   ema_decay: exponential moving average of the generator's weights, used for
-    samples and evaluation; 0 = off
+    samples and evaluation (with a warm-up, see `ema_decay_at`); 0 = off
 Minibatch discrimination and virtual batch norm are model options
 (config.model.discriminator / generator, see advjax/models/gans.py).
 
@@ -183,6 +183,14 @@ def _noise_std(g_cfg, step: jax.Array) -> jax.Array:
   return std * jnp.maximum(0.0, 1.0 - step.astype(jnp.float32) / anneal)
 
 
+def ema_decay_at(decay: float, step: jax.Array) -> jax.Array:
+  """min(decay, (1 + t) / (10 + t)): early on, the average forgets the
+  random initialisation quickly; later it averages over ~1 / (1 - decay)
+  steps (the warm-up of TensorFlow's ExponentialMovingAverage)."""
+  t = step.astype(jnp.float32)
+  return jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+
+
 def _run_generator(state: GANState, g_params, z, labels, train: bool):
   """Images and updated non-trainable generator collections."""
   variables = {"params": g_params, **state.g_state}
@@ -330,9 +338,11 @@ def train_step(state: GANState, batch: dict[str, jax.Array], rng: jax.Array,
   updates, g_opt_state = state.g_tx.update(grads, state.g_opt_state,
                                            state.g_params)
   g_params = optax.apply_updates(state.g_params, updates)
-  ema_decay = float(g_cfg.get("ema_decay", 0.0))
-  g_ema = (jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p,
-                        state.g_ema, g_params) if ema_decay else state.g_ema)
+  g_ema = state.g_ema
+  if g_cfg.get("ema_decay", 0.0):
+    decay = ema_decay_at(float(g_cfg.ema_decay), state.step)
+    g_ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, g_ema,
+                         g_params)
   g_hist = (losses.update_historical_average(state.g_hist, g_params,
                                              state.step + 1)
             if hist_weight else state.g_hist)

@@ -5,9 +5,10 @@ Any config field can be overridden on the command line, e.g.
 Rerunning with the same work directory resumes from its latest checkpoint.
 
 Multi-host: pass --coordinator_address/--num_processes/--process_id (or set
+them in the config as `config.distributed.*`, or in the environment as
 ADVJAX_COORDINATOR_ADDRESS/ADVJAX_NUM_PROCESSES/ADVJAX_PROCESS_ID), or
---distributed_auto on Cloud TPU pod slices, and start the same command on
-every host.
+--distributed_auto (`config.distributed.auto`) on Cloud TPU pod slices, and
+start the same command on every host.
 """
 
 from __future__ import annotations
@@ -60,9 +61,14 @@ def main(argv):
   logging.set_verbosity(logging.ERROR)
   try:
     from advjax import parallel  # pylint: disable=g-import-not-at-top
-    parallel.initialize_distributed(FLAGS.coordinator_address,
-                                    FLAGS.num_processes, FLAGS.process_id,
-                                    auto=FLAGS.distributed_auto)
+    dist = FLAGS.config.get("distributed") or {}
+    parallel.initialize_distributed(
+        FLAGS.coordinator_address or dist.get("coordinator_address") or None,
+        FLAGS.num_processes if FLAGS.num_processes is not None
+        else dist.get("num_processes"),
+        FLAGS.process_id if FLAGS.process_id is not None
+        else dist.get("process_id"),
+        auto=FLAGS.distributed_auto or bool(dist.get("auto", False)))
     run(FLAGS.config, FLAGS.workdir)
   except UserError as e:
     print(f"advjax: error: {e}", file=sys.stderr, flush=True)

@@ -164,11 +164,16 @@ def test_two_processes_train_in_lockstep_with_four_local_devices(tmp_path):
 
   multi = str(tmp_path / "multi")
   port = _free_port()
+  # Process 0 is started by flags, process 1 by environment variables.
   procs = [run_cli([*args, f"--workdir={multi}",
                     f"--coordinator_address=127.0.0.1:{port}",
-                    "--num_processes=2", f"--process_id={i}"],
-                   num_devices=2, mock_examples=24, wait=False)
-           for i in range(2)]
+                    "--num_processes=2", "--process_id=0"],
+                   num_devices=2, mock_examples=24, wait=False),
+           run_cli([*args, f"--workdir={multi}"], num_devices=2,
+                   mock_examples=24, wait=False,
+                   env={"ADVJAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+                        "ADVJAX_NUM_PROCESSES": "2",
+                        "ADVJAX_PROCESS_ID": "1"})]
   outs = [p.communicate(timeout=300) for p in procs]
   for p, (stdout, stderr) in zip(procs, outs):
     assert p.returncode == 0, stderr[-3000:]

@@ -1,0 +1,112 @@
+"""`python -m advjax.evaluate`: robustness and GAN reports from checkpoints."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from advjax import checkpoints, evaluate, main
+from advjax.errors import UserError
+from tests.helpers import load_config
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """A tiny classifier and a tiny AC-GAN on mock Fashion-MNIST."""
+  root = tmp_path_factory.mktemp("runs")
+  cls = load_config("quickstart")
+  cls.model.widths, cls.model.hidden = (4,), 8
+  cls.batch_size = cls.eval_batch_size = 16
+  cls.num_train_steps, cls.progress_bar = 3, False
+  gan = load_config("quickstart_gan")
+  gan.model.generator.width = gan.model.discriminator.width = 4
+  gan.model.latent_dim = 8
+  gan.batch_size, gan.num_train_steps, gan.progress_bar = 8, 2, False
+  gan.eval_every_steps = gan.checkpoint.every_steps = 2
+  with tfds.testing.mock_data(num_examples=48):
+    main.run(cls, str(root / "classifier"))
+    main.run(gan, str(root / "gan"))
+  return str(root / "classifier"), str(root / "gan")
+
+
+def test_robustness_report_table_matches_its_numbers(runs):
+  classifier_dir, _ = runs
+  with tfds.testing.mock_data(num_examples=48):
+    restored = checkpoints.restore(classifier_dir)
+    result = evaluate.robustness(restored, eps_list=[0.0, 0.5], pgd_steps=2,
+                                 num_examples=40, batch_size=16,
+                                 substitute=restored)
+  assert result["num_examples"] == 40
+  zero, big = result["rows"]
+  # eps = 0 changes nothing; a transfer attack from the model itself is the
+  # white-box FGSM, so its error is 1 - FGSM accuracy.
+  assert zero["fgsm_accuracy"] == pytest.approx(result["clean_accuracy"])
+  assert zero["pgd_accuracy"] == pytest.approx(result["clean_accuracy"])
+  assert big["transfer_error"] == pytest.approx(1 - big["fgsm_accuracy"])
+  table = evaluate.robustness_markdown(result)
+  drop = 100 * (result["clean_accuracy"] - big["fgsm_accuracy"])
+  assert f"{drop:.2f} points" in table
+  clean, adv, _ = result["examples"][0.5]
+  assert np.abs(adv - clean).max() <= 0.5 + 1e-6 and np.abs(adv).max() <= 1
+
+
+def test_reports_write_markdown_json_and_images(runs, tmp_path):
+  classifier_dir, gan_dir = runs
+  out = str(tmp_path / "report")
+  with tfds.testing.mock_data(num_examples=48):
+    evaluate.report("robustness", classifier_dir, out, eps=(0.1,),
+                    num_examples=20, batch_size=10)
+    markdown = evaluate.report("gan", gan_dir, out,
+                               classifier_workdir=classifier_dir,
+                               samples_per_class=3, inception=False)
+  files = set(os.listdir(out))
+  assert {"robustness.md", "robustness.json", "robustness_eps0.1.png",
+          "gan.md", "gan.json", "gan_samples.png"} <= files
+  with open(os.path.join(out, "gan.json")) as f:
+    data = json.load(f)
+  assert data["num_samples"] == 30
+  assert 0.0 <= data["classifier_accuracy_on_samples"] <= 1.0
+  assert data["classifier_fid"] >= 0.0
+  assert f"{100 * data['classifier_accuracy_on_samples']:.2f}%" in markdown
+
+
+def test_evaluate_cli_gives_one_line_errors(tmp_path):
+  import subprocess, sys
+  from tests.helpers import ROOT
+  out = subprocess.run(
+      [sys.executable, "-m", "advjax.evaluate", "--mode=robustness",
+       f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
+      timeout=120)
+  assert out.returncode == 2
+  assert out.stderr.strip().splitlines()[-1].startswith(
+      "advjax: error: no checkpoints in")
+
+
+def test_gan_metrics_say_why_inception_fid_is_missing(runs, monkeypatch,
+                                                       tmp_path):
+  _, gan_dir = runs
+  from advjax import inception
+  monkeypatch.setenv("HOME", str(tmp_path))
+  monkeypatch.delenv("ADVJAX_FID_WEIGHTS", raising=False)
+
+  def offline(*args, **kwargs):
+    raise OSError("no network")
+  monkeypatch.setattr(inception, "_download", offline)
+  with tfds.testing.mock_data(num_examples=48):
+    result = evaluate.gan_metrics(checkpoints.restore(gan_dir), None,
+                                  samples_per_class=2)
+  assert result["inception"].startswith("not computed:")
+  assert "ADVJAX_FID_WEIGHTS" in result["inception"]
+  assert "| Inception FID / IS | not computed" in evaluate.gan_markdown(result)
+
+
+def test_gan_metrics_refuse_a_classifier_of_another_dataset(runs):
+  classifier_dir, gan_dir = runs
+  with tfds.testing.mock_data(num_examples=48):
+    gan = checkpoints.restore(gan_dir)
+    classifier = checkpoints.restore(classifier_dir)
+    classifier.config.dataset.name = "mnist"
+    with pytest.raises(UserError, match="trained on mnist"):
+      evaluate.gan_metrics(gan, classifier, inception=False)
