@@ -251,6 +251,25 @@ class Restored:
               else self.state["g_params"])
     return {"params": params, **(self.state.get("g_state") or {})}
 
+  def discriminator_variables(self) -> dict[str, Any]:
+    self._require("gan")
+    return {"params": self.state["d_params"],
+            **(self.state.get("d_state") or {})}
+
+  def aux_logits_fn(self) -> Callable[[jax.Array], jax.Array]:
+    """`x -> class logits` of an AC-GAN's discriminator (eval mode)."""
+    disc, variables = self.discriminator, self.discriminator_variables()
+    if not (getattr(disc, "aux_classifier", False)
+            or type(disc).__name__ == "ResNetCritic") or not self.num_classes:
+      raise UserError(f"the GAN in {self.workdir} has no auxiliary "
+                      f"classifier (an AC-GAN discriminator) to ask")
+    return lambda x: disc.apply(variables, x, None, train=False)["logits"]
+
+  def generate_fn(self, ema: bool = True) -> Callable[..., jax.Array]:
+    """`(z, labels) -> images`, differentiable in z (for latent attacks)."""
+    gen, variables = self.generator, self.generator_variables(ema)
+    return lambda z, labels: gen.apply(variables, z, labels, train=False)
+
   def generate(self, z: Any, labels: Any = None, ema: bool = True
                ) -> jax.Array:
     """G(z, labels) in inference mode; images in [-1, 1]."""

@@ -287,3 +287,189 @@ def test_check_attack_inputs_accepts_valid_and_skips_traced_values():
     return y
 
   traced(y)
+
+
+# --- adversarial patch -------------------------------------------------------
+
+
+def _patch_images(n, seed, size=8, channels=3):
+  rs = np.random.RandomState(seed)
+  return jnp.asarray(rs.uniform(-0.5, 0.5, size=(n, size, size, channels)),
+                     jnp.float32)
+
+
+# A translation-invariant linear classifier (sum over pixels of x . U_k, plus
+# a bias that makes class 2 the least likely on clean images).
+_U = jnp.asarray(np.random.RandomState(5).normal(size=(3, 3)), jnp.float32)
+_PATCH_BIAS = jnp.asarray([1., 1., -1.5])
+
+
+def _patch_model(x):
+  return jnp.einsum('bhwc,ck->bk', x, _U) / 8. + _PATCH_BIAS
+
+
+def test_apply_patch_changes_only_the_patch_region():
+  images = _patch_images(4, 0)
+  patch = jax.random.uniform(jax.random.key(0), (3, 2, 3), minval=-1.,
+                             maxval=1.)
+  # Corners, the far edge and an interior position.
+  positions = jnp.asarray([[0, 0], [5, 6], [2, 3], [5, 0]], jnp.int32)
+  out = np.asarray(attacks.apply_patch(images, patch, positions))
+  for i, (r, c) in enumerate(np.asarray(positions)):
+    np.testing.assert_array_equal(out[i, r:r + 3, c:c + 2], patch)
+    outside = np.ones((8, 8), bool)
+    outside[r:r + 3, c:c + 2] = False
+    np.testing.assert_array_equal(out[i][outside], np.asarray(images[i])[outside])
+  # Differentiable in the patch: every patch pixel appears once per image.
+  g = jax.grad(lambda p: attacks.apply_patch(images, p, positions).sum())(patch)
+  np.testing.assert_allclose(np.asarray(g), 4.)
+  with pytest.raises(UserError, match='positions must lie'):
+    attacks.apply_patch(images, patch, positions.at[1, 0].set(6))
+  with pytest.raises(UserError, match='patch must have shape'):
+    attacks.apply_patch(images, patch[..., :1], positions)
+  with pytest.raises(UserError, match='positions must be an int'):
+    attacks.apply_patch(images, patch, positions[:2])
+
+
+def test_train_patch_beats_a_random_patch():
+  train, test = _patch_images(64, 1), _patch_images(64, 2)
+  kwargs = dict(patch_size=3, num_steps=100, learning_rate=0.1, batch_size=16)
+  r = attacks.train_patch(_patch_model, train, 2, jax.random.key(0), **kwargs)
+  patch, loss = np.asarray(r['patch']), np.asarray(r['loss'])
+  assert patch.shape == (3, 3, 3) and loss.shape == (100,)
+  assert np.abs(patch).max() <= 1.
+  assert loss[-10:].mean() < 0.5 * loss[:10].mean()
+  random_patch = jax.random.uniform(jax.random.key(9), (3, 3, 3), minval=-1.,
+                                    maxval=1.)
+  rate = float(attacks.evaluate_patch(_patch_model, test, patch, 2,
+                                      jax.random.key(1)))
+  rate_random = float(attacks.evaluate_patch(_patch_model, test, random_patch,
+                                             2, jax.random.key(1)))
+  assert rate >= 0.9 and rate_random <= 0.2, (rate, rate_random)
+  # An iterable of {'image': ...} batches is collected into the same array.
+  batches = [{'image': np.asarray(train[i:i + 16])} for i in range(0, 64, 16)]
+  r_iter = attacks.train_patch(_patch_model, iter(batches), 2,
+                               jax.random.key(0), **kwargs)
+  np.testing.assert_allclose(np.asarray(r_iter['patch']), patch, atol=1e-6)
+  with pytest.raises(UserError, match='target_label'):
+    attacks.train_patch(_patch_model, train, 3, jax.random.key(0), **kwargs)
+  with pytest.raises(UserError, match='patch_size'):
+    attacks.train_patch(_patch_model, train, 2, jax.random.key(0),
+                        patch_size=9)
+  with pytest.raises(UserError, match='no images'):
+    attacks.train_patch(_patch_model, [], 2, jax.random.key(0), patch_size=3)
+
+
+def test_evaluate_patch_rate():
+  images = jnp.concatenate([jnp.full((4, 8, 8, 1), 0.9),
+                            jnp.full((4, 8, 8, 1), -0.9)])
+  patch = jnp.zeros((2, 2, 1))
+
+  def always(target):
+    return lambda x: jax.nn.one_hot(jnp.full(x.shape[:1], target), K)
+
+  assert float(attacks.evaluate_patch(always(1), images, patch, 1,
+                                      jax.random.key(0))) == 1.
+  assert float(attacks.evaluate_patch(always(0), images, patch, 1,
+                                      jax.random.key(0))) == 0.
+
+  # Says 1 iff the image is bright (a 2x2 zero patch cannot change that).
+  def bright(x):
+    return jnp.stack([-x.mean((1, 2, 3)), x.mean((1, 2, 3))], -1)
+
+  rate = attacks.evaluate_patch(bright, images, patch, 1, jax.random.key(0))
+  assert float(rate) == 0.5
+  # Two bright images already are class 1: they are left out, 2 / 6 remain.
+  labels = jnp.asarray([1, 1, 0, 0, 0, 0, 0, 0], jnp.int32)
+  rate = attacks.evaluate_patch(bright, images, patch, 1, jax.random.key(0),
+                                labels=labels)
+  np.testing.assert_allclose(float(rate), 2 / 6, rtol=1e-6)
+  with pytest.raises(UserError, match='target_label'):
+    attacks.evaluate_patch(bright, images, patch, 2, jax.random.key(0))
+
+
+# --- black-box transfer ------------------------------------------------------
+
+
+def _sum_substitute(x):
+  """Class 0 iff the pixel sum is > 0."""
+  s = x.sum((1, 2, 3))
+  return jnp.stack([s, -s], -1)
+
+
+def _numpy_only_target(calls, threshold=-0.15, scores=False):
+  """A black box: numpy in, numpy out; fails if JAX ever traces it."""
+
+  def predict(x):
+    assert isinstance(x, np.ndarray) and not isinstance(x, jax.core.Tracer), (
+        type(x))
+    calls.append(x.shape)
+    labels = np.where(x.mean(axis=(1, 2, 3)) > threshold, 0, 1)
+    return np.eye(2)[labels] if scores else labels
+
+  return predict
+
+
+def _transfer_case():
+  values = jnp.asarray([0.2, 0.05, -0.2, -0.05], jnp.float32)
+  x = jnp.broadcast_to(values[:, None, None, None], (4, 2, 2, 1))
+  y = jnp.asarray([0, 0, 1, 0], jnp.int32)
+  return x, y
+
+
+def test_transfer_attack_errors_on_a_hand_made_case():
+  # FGSM (eps 0.3) on the substitute moves each constant image by -0.3 (label
+  # 0) or +0.3 (label 1): values [-0.1, -0.25, 0.1, -0.35]. The substitute
+  # (sign of the sum) is then wrong on all 4; the target (mean > -0.15) is
+  # right on all 4 clean images and wrong on the last 3 adversarial ones.
+  x, y = _transfer_case()
+  for scores in (False, True):
+    calls = []
+    r = attacks.transfer_attack(attacks.fgsm, _sum_substitute,
+                                _numpy_only_target(calls, scores=scores), x, y,
+                                eps=0.3)
+    np.testing.assert_allclose(np.asarray(r['images'])[:, 0, 0, 0],
+                               [-0.1, -0.25, 0.1, -0.35], atol=1e-6)
+    assert float(r['target_error_clean']) == 0.
+    assert float(r['target_error_adv']) == 0.75
+    assert float(r['substitute_error_adv']) == 1.
+    assert len(calls) == 2  # clean and adversarial predictions only
+  # Attacks with other signatures: pgd (rng keyword) and least-likely FGSM.
+  r = attacks.transfer_attack(attacks.pgd, _sum_substitute,
+                              _numpy_only_target([]), x, y,
+                              rng=jax.random.key(0), eps=0.3, step_size=0.1,
+                              num_steps=3, random_start=False)
+  np.testing.assert_allclose(np.asarray(r['images']),
+                             np.asarray(attacks.fgsm(_sum_substitute, x, y,
+                                                     0.3)), atol=1e-6)
+  # Least-likely FGSM takes no labels: the substitute predicts [0, 0, 1, 1],
+  # so the last image moves toward class 0 instead (to 0.25).
+  r = attacks.transfer_attack(attacks.fgsm_least_likely, _sum_substitute,
+                              _numpy_only_target([]), x, y, eps=0.3)
+  np.testing.assert_allclose(np.asarray(r['images'])[:, 0, 0, 0],
+                             [-0.1, -0.25, 0.1, 0.25], atol=1e-6)
+  assert float(r['target_error_adv']) == 0.5
+
+
+def test_transfer_attack_never_differentiates_the_target():
+  x, y = _transfer_case()
+  calls = []
+  target = _numpy_only_target(calls)
+  # Under jit the target runs as a host callback on numpy arrays.
+  jitted = jax.jit(functools.partial(attacks.transfer_attack, attacks.fgsm,
+                                     _sum_substitute, target, eps=0.3))
+  r = jitted(x, y)
+  assert float(r['target_error_adv']) == 0.75 and len(calls) == 2
+
+  # A target that JAX would have to trace or differentiate fails loudly.
+  def raises_if_traced(x):
+    if isinstance(x, jax.core.Tracer):
+      raise AssertionError('the target was traced')
+    return np.zeros(x.shape[0], np.int32)
+
+  r = attacks.transfer_attack(attacks.fgsm, _sum_substitute, raises_if_traced,
+                              x, y, eps=0.3)
+  assert float(r['target_error_clean']) == 0.25
+  with pytest.raises(UserError, match='target_predict_fn must return'):
+    attacks.transfer_attack(attacks.fgsm, _sum_substitute,
+                            lambda x: np.zeros(3), x, y, eps=0.3)

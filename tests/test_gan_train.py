@@ -173,8 +173,11 @@ def test_feature_matching_and_minibatch_discrimination_and_vbn_train():
 
 def test_gradient_penalty_with_batchnorm_critic_is_refused():
   config = _tiny(gradient_penalty=10.0, loss="wasserstein")
+  # 32x32 inputs give the DCGAN critic BatchNorm layers (8x8 has only one
+  # conv, which never has BatchNorm).
   with pytest.raises(UserError, match="without BatchNorm"):
-    gan_train.create_train_state(config, 10, (8, 8, 1), jax.random.key(0), 10)
+    gan_train.create_train_state(config, 10, (32, 32, 1), jax.random.key(0),
+                                 10)
 
 
 def test_unknown_loss_is_refused():
