@@ -4,6 +4,9 @@
 
 Config files may build on each other with `base("other_config")`, which
 loads a config file from the same folder as the caller.
+
+As with ml_collections' `--config=path.py:arg`, a path may end in `:arg`;
+the file's `get_config(arg)` then receives the string `arg`.
 """
 
 from __future__ import annotations
@@ -17,8 +20,18 @@ import ml_collections
 from advjax.errors import UserError
 
 
+def split_arg(path: str) -> tuple[str, str | None]:
+  """('file.py', 'arg') for 'file.py:arg'; (path, None) without an arg."""
+  head, sep, arg = path.rpartition(":")
+  if sep and head and not os.path.isfile(path) and os.sep not in arg:
+    return head, arg
+  return path, None
+
+
 def load(path: str) -> ml_collections.ConfigDict:
-  """`get_config()` of the config file at `path`."""
+  """`get_config()` of the config file at `path` (`get_config(arg)` for
+  'path:arg')."""
+  path, arg = split_arg(path)
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.isfile(path):
     raise UserError(f"config file '{path}' does not exist")
@@ -28,11 +41,13 @@ def load(path: str) -> ml_collections.ConfigDict:
   spec.loader.exec_module(module)
   if not hasattr(module, "get_config"):
     raise UserError(f"config file '{path}' has no get_config()")
-  return module.get_config()
+  return module.get_config() if arg is None else module.get_config(arg)
 
 
 def base(name: str) -> ml_collections.ConfigDict:
-  """The config `<name>.py` from the caller's folder (for config files)."""
+  """The config `<name>.py` (or `<name>.py:arg` for 'name:arg') from the
+  caller's folder (for config files)."""
   caller = inspect.stack()[1].filename
+  name, sep, arg = name.partition(":")
   return load(os.path.join(os.path.dirname(os.path.abspath(caller)),
-                           name + ".py"))
+                           name + ".py") + (sep + arg if sep else ""))

@@ -1,7 +1,8 @@
 """Evaluating checkpoints: classifier robustness and GAN sample quality.
 
   python -m advjax.evaluate --mode=robustness --workdir=CLASSIFIER_DIR \
-      [--eps=0.02,0.05,0.1] [--substitute_workdir=DIR] [--gan_workdir=DIR]
+      [--eps=0.02,0.05,0.1] [--substitute_workdir=DIR] [--gan_workdir=DIR] \
+      [--unrestricted.num_steps=500 --unrestricted.num_samples=256 ...]
   python -m advjax.evaluate --mode=gan --workdir=GAN_DIR \
       [--classifier_workdir=DIR] [--fid_weights=PATH]
 
@@ -20,6 +21,7 @@ from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
 from advjax import attacks, checkpoints, input_pipeline
@@ -130,6 +132,141 @@ def robustness_markdown(result: dict[str, Any]) -> str:
       line += f" {100 * r['transfer_error']:.2f}% |"
     lines.append(line)
   return "\n".join(lines) + "\n"
+
+
+def unrestricted_config() -> ml_collections.ConfigDict:
+  """Latent-attack settings of the report; defaults are the study's.
+
+  Song et al. 2018 as used by the study: lambda_z = lambda_aux = 0.1,
+  eps_z = 0.1, learning rate 0.1, 500 steps with Langevin noise; pixel noise
+  (x = clip(G(z) + noise_eps * tanh(tau))) off unless `noise` is set, with
+  the study's noise_eps = 0.1.
+  """
+  return ml_collections.ConfigDict(dict(
+      num_samples=256, num_steps=500, learning_rate=0.1, eps_z=0.1,
+      lambda_z=0.1, lambda_aux=0.1, noise=False, noise_eps=0.1,
+      langevin=True, targeted=False, seed=0, batch_size=256))
+
+
+def unrestricted(classifier: checkpoints.Restored, gan: checkpoints.Restored,
+                 settings: ml_collections.ConfigDict | None = None
+                 ) -> dict[str, Any]:
+  """Unrestricted adversarial examples against `classifier` from an AC-GAN.
+
+  Draws `num_samples` latent vectors with balanced source classes, runs
+  `attacks.unrestricted_attack` (targeted at a random other class if
+  `targeted`) and reports the classifier's accuracy on the clean samples
+  G(z0, y_s) and on the attacked ones, how often the GAN's auxiliary
+  classifier still says y_s, the success rate (both at once) and the mean
+  iteration of first success.
+  """
+  s = unrestricted_config()
+  if settings is not None:
+    s.update(dict(settings))
+  classifier._require("classifier")  # pylint: disable=protected-access
+  gan._require("gan")  # pylint: disable=protected-access
+  if classifier.config.dataset.name != gan.config.dataset.name:
+    raise UserError(f"the classifier was trained on "
+                    f"{classifier.config.dataset.name}, the GAN on "
+                    f"{gan.config.dataset.name}")
+  if not gan.num_classes:
+    raise UserError(f"the GAN in {gan.workdir} is unconditional; the latent "
+                    f"attack needs a class-conditional AC-GAN")
+  if int(s.num_samples) <= 0 or int(s.batch_size) <= 0:
+    raise UserError("unrestricted.num_samples and .batch_size must be > 0")
+  aux_logits_fn = gan.aux_logits_fn()
+  generate_fn = gan.generate_fn(ema=True)
+  logits_fn = classifier.logits_fn()
+  k = gan.num_classes
+  n = int(s.num_samples)
+  key = jax.random.key(int(s.seed))
+  source = (np.arange(n) % k).astype(np.int32)
+  z0_all = jax.random.normal(jax.random.fold_in(key, 0),
+                             (n, int(gan.config.model.latent_dim)))
+  target_all = None
+  if s.targeted:
+    shift = jax.random.randint(jax.random.fold_in(key, 1), (n,), 1, k)
+    target_all = np.asarray((source + shift) % k, np.int32)
+  parts = []
+  for b, i in enumerate(range(0, n, int(s.batch_size))):
+    sl = slice(i, i + int(s.batch_size))
+    z0, ys = z0_all[sl], jnp.asarray(source[sl])
+    out = attacks.unrestricted_attack(
+        generate_fn, aux_logits_fn, logits_fn, z0, ys,
+        jax.random.fold_in(key, 2 + b),
+        target_labels=None if target_all is None else target_all[sl],
+        num_steps=int(s.num_steps), learning_rate=float(s.learning_rate),
+        eps_z=float(s.eps_z), lambda_z=float(s.lambda_z),
+        lambda_aux=float(s.lambda_aux),
+        noise_eps=float(s.noise_eps) if s.noise else 0.0,
+        langevin=bool(s.langevin))
+    clean = generate_fn(z0, ys)
+    parts.append({
+        "clean": np.asarray(clean), "adv": np.asarray(out["images"]),
+        "clean_pred": np.asarray(jnp.argmax(logits_fn(clean), -1)),
+        "adv_pred": np.asarray(jnp.argmax(logits_fn(out["images"]), -1)),
+        "clean_aux": np.asarray(jnp.argmax(aux_logits_fn(clean), -1)),
+        "adv_aux": np.asarray(jnp.argmax(aux_logits_fn(out["images"]), -1)),
+        "success": np.asarray(out["success"]),
+        "first": np.asarray(out["first_success"]),
+        "dz": np.asarray(jnp.sqrt(jnp.mean(jnp.square(out["z"] - z0), -1))),
+    })
+  cat = {key_: np.concatenate([p[key_] for p in parts]) for key_ in parts[0]}
+  first = cat["first"][cat["success"]]
+  order = np.arange(min(n, k, 10))  # one sample per class: 0, 1, ...
+  result = {
+      "num_samples": n, "num_steps": int(s.num_steps),
+      "targeted": bool(s.targeted),
+      "settings": {k_: (v.item() if hasattr(v, "item") else v)
+                   for k_, v in s.items()},
+      "classifier_accuracy_clean_samples": float(
+          np.mean(cat["clean_pred"] == source)),
+      "classifier_accuracy_attacked_samples": float(
+          np.mean(cat["adv_pred"] == source)),
+      "aux_keeps_source_clean": float(np.mean(cat["clean_aux"] == source)),
+      "aux_keeps_source_attacked": float(np.mean(cat["adv_aux"] == source)),
+      "success_rate": float(np.mean(cat["success"])),
+      "mean_first_success_step": (float(np.mean(first)) if first.size
+                                  else None),
+      "latent_rms_displacement": float(np.mean(cat["dz"])),
+  }
+  if target_all is not None:
+    result["target_hit_rate"] = float(np.mean(cat["adv_pred"] == target_all))
+  # Clean samples above, their attacked versions below.
+  result["grid"] = image_grid(np.concatenate([cat["clean"][order],
+                                              cat["adv"][order]]), rows=2)
+  return result
+
+
+def unrestricted_markdown(result: dict[str, Any]) -> str:
+  pct = lambda v: f"{100 * v:.2f}%"
+  kind = "targeted" if result["targeted"] else "untargeted"
+  first = result["mean_first_success_step"]
+  rows = [
+      ("classifier accuracy on clean AC-GAN samples",
+       pct(result["classifier_accuracy_clean_samples"])),
+      ("classifier accuracy on unrestricted adversarial samples",
+       pct(result["classifier_accuracy_attacked_samples"])),
+      ("auxiliary classifier keeps the source class (clean / attacked)",
+       f"{pct(result['aux_keeps_source_clean'])} / "
+       f"{pct(result['aux_keeps_source_attacked'])}"),
+      ("attack success rate (classifier fooled and source kept)",
+       pct(result["success_rate"])),
+  ]
+  if "target_hit_rate" in result:
+    rows.append(("classifier predicts the target class",
+                 pct(result["target_hit_rate"])))
+  rows += [
+      ("mean iteration of first success",
+       "-" if first is None else f"{first:.1f}"),
+      ("RMS latent displacement per dimension",
+       f"{result['latent_rms_displacement']:.3f}"),
+  ]
+  head = (f"Unrestricted adversarial examples ({kind} latent attack, "
+          f"Song et al. 2018): {result['num_samples']} samples, "
+          f"{result['num_steps']} steps")
+  return "\n".join([head, "", "| metric | value |", "| --- | --- |"]
+                   + [f"| {k} | {v} |" for k, v in rows]) + "\n"
 
 
 def write_report(out_dir: str, name: str, markdown: str,
@@ -245,6 +382,8 @@ def report(mode: str, workdir: str, out: str | None = None, *,
            eps: tuple[float, ...] = (0.02, 0.05, 0.1), pgd_steps: int = 10,
            num_examples: int = 1000, batch_size: int = 250,
            substitute_workdir: str | None = None,
+           gan_workdir: str | None = None,
+           unrestricted_settings: ml_collections.ConfigDict | None = None,
            classifier_workdir: str | None = None,
            samples_per_class: int = 100, fid_weights: str | None = None,
            inception: bool = True) -> str:
@@ -260,6 +399,12 @@ def report(mode: str, workdir: str, out: str | None = None, *,
                         batch_size=batch_size, substitute=substitute)
     markdown = robustness_markdown(result)
     images = _example_images(result.pop("examples"))
+    if gan_workdir:
+      latent = unrestricted(classifier, checkpoints.restore(gan_workdir),
+                            unrestricted_settings)
+      images["unrestricted"] = latent.pop("grid")
+      result["unrestricted"] = latent
+      markdown += "\n" + unrestricted_markdown(latent)
   elif mode == "gan":
     gan = checkpoints.restore(workdir)
     gan._require("gan")  # pylint: disable=protected-access
@@ -287,6 +432,8 @@ def main(argv):
                     pgd_steps=f.pgd_steps, num_examples=f.num_examples,
                     batch_size=f.batch_size,
                     substitute_workdir=f.substitute_workdir,
+                    gan_workdir=f.gan_workdir,
+                    unrestricted_settings=f.unrestricted,
                     classifier_workdir=f.classifier_workdir,
                     samples_per_class=f.samples_per_class,
                     fid_weights=f.fid_weights, inception=f.inception)
@@ -296,6 +443,7 @@ def main(argv):
 
 def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_enum("mode", "robustness", ["robustness", "gan"],
                     "What to evaluate.")
   flags.DEFINE_string("workdir", None, "The checkpoint's work directory.")
@@ -307,6 +455,11 @@ def _define_flags():
   flags.DEFINE_integer("batch_size", 250, "Batch size of the attacks.")
   flags.DEFINE_string("substitute_workdir", None,
                       "Classifier to craft transfer attacks on.")
+  flags.DEFINE_string("gan_workdir", None,
+                      "--mode=robustness: AC-GAN for the unrestricted "
+                      "(latent) attack; settings as --unrestricted.<key>.")
+  config_flags.DEFINE_config_dict("unrestricted", unrestricted_config(),
+                                  "Latent-attack settings.")
   flags.DEFINE_string("classifier_workdir", None,
                       "--mode=gan: classifier for accuracy on samples and "
                       "classifier-feature FID.")

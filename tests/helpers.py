@@ -10,9 +10,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def load_config(name: str):
-  """`get_config()` of configs/<name>.py."""
+  """`get_config()` of configs/<name>.py; `get_config(arg)` for 'name:arg'."""
   from advjax import config_utils  # pylint: disable=g-import-not-at-top
-  return config_utils.load(os.path.join(ROOT, "configs", name + ".py"))
+  name, sep, arg = name.partition(":")
+  return config_utils.load(os.path.join(ROOT, "configs", name + ".py")
+                           + (sep + arg if sep else ""))
 
 
 def run_cli(args: list[str], *, num_devices: int = 4, mock_examples: int = 32,

@@ -110,3 +110,55 @@ def test_gan_metrics_refuse_a_classifier_of_another_dataset(runs):
     classifier.config.dataset.name = "mnist"
     with pytest.raises(UserError, match="trained on mnist"):
       evaluate.gan_metrics(gan, classifier, inception=False)
+
+
+def test_unrestricted_report_numbers_are_consistent(runs):
+  classifier_dir, gan_dir = runs
+  classifier = checkpoints.restore(classifier_dir)
+  gan = checkpoints.restore(gan_dir)
+  settings = evaluate.unrestricted_config()
+  settings.update(num_samples=12, num_steps=0, batch_size=8)
+  none = evaluate.unrestricted(classifier, gan, settings)
+  # Zero steps: the "attacked" samples are the clean ones.
+  assert none["classifier_accuracy_attacked_samples"] == pytest.approx(
+      none["classifier_accuracy_clean_samples"])
+  assert none["aux_keeps_source_attacked"] == pytest.approx(
+      none["aux_keeps_source_clean"])
+  assert none["latent_rms_displacement"] == 0.0
+  settings.update(num_steps=5, learning_rate=2.0, targeted=True)
+  result = evaluate.unrestricted(classifier, gan, settings)
+  assert result["num_samples"] == 12 and result["latent_rms_displacement"] > 0
+  # Success needs both: the classifier fooled and the source class kept.
+  assert result["success_rate"] <= 1 - result[
+      "classifier_accuracy_attacked_samples"] + 1e-9
+  assert result["success_rate"] <= result["aux_keeps_source_attacked"] + 1e-9
+  assert result["success_rate"] <= result["target_hit_rate"] + 1e-9
+  grid = result["grid"]
+  assert grid.shape[0] == 2 * 28 + 3  # two rows of 28x28 images and borders
+  table = evaluate.unrestricted_markdown(result)
+  assert (f"{100 * result['classifier_accuracy_attacked_samples']:.2f}%"
+          in table)
+
+
+def test_robustness_report_with_gan_writes_the_latent_attack(runs, tmp_path):
+  classifier_dir, gan_dir = runs
+  out = str(tmp_path / "report")
+  settings = evaluate.unrestricted_config()
+  settings.update(num_samples=6, num_steps=2)
+  with tfds.testing.mock_data(num_examples=48):
+    markdown = evaluate.report("robustness", classifier_dir, out, eps=(0.1,),
+                               num_examples=10, batch_size=10,
+                               gan_workdir=gan_dir,
+                               unrestricted_settings=settings)
+  assert "Unrestricted adversarial examples" in markdown
+  assert "unrestricted.png" in os.listdir(out)
+  with open(os.path.join(out, "robustness.json")) as f:
+    data = json.load(f)
+  assert data["unrestricted"]["num_steps"] == 2
+
+
+def test_unrestricted_attack_refuses_a_classifier_checkpoint_as_gan(runs):
+  classifier_dir, _ = runs
+  classifier = checkpoints.restore(classifier_dir)
+  with pytest.raises(UserError, match="'classifier' trainer, not a gan"):
+    evaluate.unrestricted(classifier, classifier)

@@ -1,0 +1,288 @@
+"""Adversarially augmented classifier training (advjax.augment)."""
+
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from jax.sharding import PartitionSpec as P
+
+from advjax import augment, checkpoints, main, models, parallel, train
+from advjax.errors import UserError
+from tests.helpers import load_config
+
+FM_SHAPE = (28, 28, 1)  # fashion_mnist, as the GAN fixture
+SMALL = (8, 8, 1)
+
+
+@pytest.fixture(scope="module")
+def gan_workdir(tmp_path_factory):
+  """A tiny AC-GAN trained for 2 steps on mock fashion_mnist."""
+  config = load_config("quickstart_gan")
+  config.model.generator.width = config.model.discriminator.width = 4
+  config.model.latent_dim = 8
+  config.batch_size = 8
+  config.num_train_steps = 2
+  config.eval_every_steps = config.checkpoint.every_steps = 2
+  config.eval.samples_per_class = 1
+  config.log_every_steps = 1
+  config.progress_bar = False
+  config.sample.num_columns = 2
+  workdir = str(tmp_path_factory.mktemp("gan"))
+  with tfds.testing.mock_data(num_examples=32):
+    main.run(config, workdir)
+  return workdir
+
+
+def _config(mode=None, **aug):
+  config = ml_collections.ConfigDict()
+  config.model = ml_collections.ConfigDict(
+      dict(name="cnn", widths=(4, 8), convs_per_stage=1, hidden=16,
+           dropout_rate=0.0))
+  config.optimizer = ml_collections.ConfigDict(
+      dict(name="sgd", learning_rate=0.1, momentum=0.9, nesterov=True,
+           weight_decay=1e-4, schedule="constant"))
+  if mode is not None:
+    config.augment = ml_collections.ConfigDict(dict(mode=mode, **aug))
+  return config
+
+
+def _batches(n, batch_size=8, shape=SMALL, seed=0):
+  rng = np.random.default_rng(seed)
+  return [{"image": rng.uniform(-1, 1, (batch_size, *shape)).astype(np.float32),
+           "label": rng.integers(0, 10, batch_size).astype(np.int32)}
+          for _ in range(n)]
+
+
+def _state(config, shape):
+  augmenter, augment_vars = augment.from_config(config, 10, shape)
+  model = models.create_model(config.model, 10, axis_name=parallel.AXIS,
+                              dtype=train.compute_dtype(config))
+  state = train.create_train_state(config, model, shape, jax.random.key(0),
+                                   100, augment_vars=augment_vars)
+  return model, state, augmenter
+
+
+def _train(devices, batches, config, shape=SMALL):
+  """Steps `batches` data-parallel over `devices`; (metrics, final state)."""
+  mesh = parallel.make_mesh(devices)
+  _, state, augmenter = _state(config, shape)
+  state = parallel.replicate(state, mesh)
+  step = parallel.data_parallel(
+      functools.partial(train.train_step, augmenter=augmenter), mesh,
+      in_specs=(P(), P(parallel.AXIS), P()), out_specs=(P(), P()))
+  rng = parallel.replicate(jax.random.key(1), mesh)
+  history = []
+  for b in batches:
+    state, metrics = step(state, parallel.shard_batch(b, mesh), rng)
+    history.append(jax.device_get(metrics))
+  return history, jax.device_get(state)
+
+
+def _augmented(config, batch, rng, shape=SMALL):
+  """augment_batch (jit-compiled) with a freshly initialised classifier."""
+  model, state, augmenter = _state(config, shape)
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+
+  @jax.jit
+  def run(variables, augment_vars, batch, rng):
+    logits_fn = lambda x: model.apply(variables, x, train=False)
+    out = augment.augment_batch(augmenter, logits_fn, batch, rng,
+                                augment_vars)
+    counts = (out.pop("num_clean"), out.pop("num_aug"))
+    return out, counts
+
+  out, (n_clean, n_aug) = run(variables, state.augment_vars, batch, rng)
+  out = jax.device_get(out)
+  # Static ints (shapes), whatever jit made of them.
+  out["num_clean"], out["num_aug"] = int(n_clean), int(n_aug)
+  return out
+
+
+def _formula(m, n_clean, n_aug, w=0.3):
+  return (n_clean * m["clean_loss"] + w * n_aug * m["aug_loss"]) / (
+      n_clean + w * n_aug)
+
+
+def test_weighted_loss_is_kurakins_formula_on_hand_made_logits():
+  logits = jnp.asarray([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0], [0.0, 3.0, 0.0],
+                        [1.0, -2.0, 0.5], [0.0, 0.0, 4.0]])
+  labels = jnp.asarray([0, 2, 1, 1, 2])
+  z = np.asarray(logits, np.float64)
+  logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+  ce = -logp[np.arange(5), np.asarray(labels)]
+  n_c, n_a, w = 3, 2, 0.3
+  expected = (n_c * ce[:3].mean() + w * n_a * ce[3:].mean()) / (n_c + w * n_a)
+  per_example = augment.per_example_ce(logits, labels)
+  np.testing.assert_allclose(per_example, ce, rtol=1e-5)
+  loss, parts = augment.split_losses(per_example, logits, labels, n_c, n_a, w)
+  assert float(loss) == pytest.approx(expected, rel=1e-5)
+  assert float(parts["clean_accuracy"]) == pytest.approx(2 / 3)
+  assert float(parts["aug_accuracy"]) == pytest.approx(0.5)
+  # Weight 1 is the plain mean over all examples.
+  loss1, _ = augment.split_losses(per_example, logits, labels, n_c, n_a, 1.0)
+  assert float(loss1) == pytest.approx(ce.mean(), rel=1e-5)
+
+
+def test_mode_none_and_prop_zero_train_exactly_as_plain_training():
+  assert augment.from_config(_config("none"), 10, SMALL) == (None, {})
+  batches = _batches(3)
+  devices = jax.devices()[:2]
+  plain, s0 = _train(devices, batches, _config())
+  zero, s1 = _train(devices, batches, _config("fgsm", prop=0.0))
+  assert [m["loss"] for m in plain] == [m["loss"] for m in zero]
+  assert set(zero[0]) == {"loss", "accuracy"}
+  for a, b in zip(jax.tree.leaves(s0.params), jax.tree.leaves(s1.params)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_fgsm_examples_are_exactly_eps_from_the_real_images():
+  batch = _batches(1, batch_size=8)[0]
+  out = _augmented(_config("fgsm", eps=0.1, prop=0.5), batch,
+                   jax.random.key(0))
+  assert out["num_clean"] == 4 and out["num_aug"] == 4
+  adv, src = np.asarray(out["image"][4:]), batch["image"][:4]
+  np.testing.assert_array_equal(out["source_image"], src)
+  np.testing.assert_array_equal(out["label"][4:], batch["label"][:4])
+  diff = np.abs(adv - src)
+  inside = np.abs(adv) < 1.0  # not clipped to the image range
+  assert inside.mean() > 0.8
+  np.testing.assert_allclose(diff[inside], 0.1, atol=1e-6)
+  assert diff.max() <= 0.1 + 1e-6
+
+
+def test_replace_keeps_the_batch_size_and_add_grows_it():
+  batch = _batches(1, batch_size=8)[0]
+  for replace, n_clean, clean in ((True, 4, batch["image"][4:]),
+                                  (False, 8, batch["image"])):
+    out = _augmented(_config("fgsm", prop=0.5, replace=replace), batch,
+                     jax.random.key(0))
+    assert out["image"].shape[0] == n_clean + 4
+    assert (out["num_clean"], out["num_aug"]) == (n_clean, 4)
+    np.testing.assert_array_equal(out["image"][:n_clean], clean)
+  # The step weighs all 8 real images of each device against its 4 added
+  # ones: n_c = 8, n_a = 4 (replace, below: n_c = n_a).
+  (m,), _ = _train(jax.devices()[:2], _batches(1, batch_size=16),
+                   _config("fgsm", replace=False))
+  assert float(m["loss"]) == pytest.approx(_formula(m, 8, 4), rel=1e-5)
+  assert float(m["loss"]) != pytest.approx(_formula(m, 4, 4), rel=1e-5)
+
+
+def test_one_and_two_devices_agree_for_the_same_global_batch():
+  # Each device augments the first half of its own shard; order the
+  # one-device batch so that it augments the same examples.
+  batches = _batches(3, batch_size=16)
+  order = np.r_[0:4, 8:12, 4:8, 12:16]
+  single = [{k: v[order] for k, v in b.items()} for b in batches]
+  config = _config("fgsm", eps=0.1)
+  m1, s1 = _train(jax.devices()[:1], single, config)
+  m2, s2 = _train(jax.devices()[:2], batches, config)
+  for a, b in zip(m1, m2):
+    for key in ("loss", "clean_loss", "aug_loss"):
+      assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-5, abs=1e-6)
+    assert float(b["loss"]) == pytest.approx(_formula(b, 4, 4), rel=1e-5)
+  for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s2.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_gan_mode_draws_the_frozen_generator_for_the_batch_labels(gan_workdir):
+  config = _config("gan", gan_workdir=gan_workdir)
+  batch = _batches(1, batch_size=8, shape=FM_SHAPE)[0]
+  out = _augmented(config, batch, jax.random.key(3), FM_SHAPE)
+  restored = checkpoints.restore(gan_workdir)
+  expected = restored.generate(out["latents"], batch["label"][:4])
+  np.testing.assert_allclose(out["image"][4:], expected, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(out["label"][4:], batch["label"][:4])
+  assert out["latents"].shape == (4, 8)
+
+
+@pytest.mark.parametrize("mode", ["none", "fgsm", "pgd", "gan", "unrestricted"])
+def test_each_mode_trains_under_mock_data_on_two_devices(mode, gan_workdir,
+                                                         tmp_path,
+                                                         monkeypatch):
+  config = load_config(f"study_fashion_mnist:{mode}")
+  config.model.widths, config.model.hidden = (4,), 8
+  config.batch_size = config.eval_batch_size = 8
+  config.num_train_steps = 2
+  config.eval_every_steps = config.checkpoint.every_steps = 2
+  config.log_every_steps = 1
+  config.progress_bar = False
+  config.augment.gan_workdir = gan_workdir
+  config.augment.latent_steps = 3
+  config.augment.pgd_steps = 2
+  make_mesh = parallel.make_mesh
+  monkeypatch.setattr(parallel, "make_mesh",
+                      lambda devices=None: make_mesh(jax.devices()[:2]))
+  workdir = str(tmp_path / mode)
+  with tfds.testing.mock_data(num_examples=32):
+    final = main.run(config, workdir)
+  assert np.isfinite(final["eval/loss"])
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    logged = [json.loads(line) for line in f]
+  train_rows = [r for r in logged if "train/loss" in r]
+  assert len(train_rows) == 2
+  assert all(np.isfinite(r["train/loss"]) for r in train_rows)
+  if mode != "none":
+    assert {"train/aug_loss", "train/aug_accuracy",
+            "train/clean_accuracy"} <= set(train_rows[0])
+  if mode == "unrestricted":
+    assert 0.0 <= train_rows[0]["train/attack_success_rate"] <= 1.0
+
+
+def test_bfloat16_compute_trains_with_float32_params_and_finite_loss():
+  config = _config("fgsm")
+  config.dtype = "bfloat16"
+  history, state = _train(jax.devices()[:2], _batches(3), config)
+  assert all(np.isfinite(float(m["loss"])) for m in history)
+  assert {np.dtype(p.dtype) for p in jax.tree.leaves(state.params)} == {
+      np.dtype(np.float32)}
+  _, start, _ = _state(config, SMALL)
+  assert any(not np.array_equal(a, b) for a, b in zip(
+      jax.tree.leaves(start.params), jax.tree.leaves(state.params)))
+  config.dtype = "float16"
+  with pytest.raises(UserError, match="config.dtype"):
+    train.compute_dtype(config)
+
+
+@pytest.mark.parametrize("aug, message", [
+    (dict(mode="cutmix"), "not one of"),
+    (dict(mode="fgsm", prop=1.5), "prop"),
+    (dict(mode="gan"), "gan_workdir"),
+    (dict(mode="fgsm", epsilon=0.1), "no field"),
+])
+def test_bad_augment_settings_are_one_line_user_errors(aug, message):
+  with pytest.raises(UserError, match=message):
+    augment.from_config(_config(**aug), 10, SMALL)
+
+
+def _all_consts(closed):
+  """Constants of a closed jaxpr and of every jaxpr nested in it."""
+  consts = list(closed.consts)
+  for eqn in closed.jaxpr.eqns:
+    for param in eqn.params.values():
+      for sub in param if isinstance(param, (tuple, list)) else (param,):
+        if isinstance(sub, jax.extend.core.ClosedJaxpr):
+          consts += _all_consts(sub)
+        elif isinstance(sub, jax.extend.core.Jaxpr):
+          consts += _all_consts(jax.extend.core.ClosedJaxpr(sub, []))
+  return consts
+
+
+def test_frozen_gan_variables_are_step_inputs_not_constants(gan_workdir):
+  config = _config("unrestricted", gan_workdir=gan_workdir, latent_steps=2)
+  mesh = parallel.make_mesh(jax.devices()[:2])
+  _, state, augmenter = _state(config, FM_SHAPE)
+  assert set(state.augment_vars) == {"generator", "discriminator"}
+  step = parallel.data_parallel(
+      functools.partial(train.train_step, augmenter=augmenter), mesh,
+      in_specs=(P(), P(parallel.AXIS), P()), out_specs=(P(), P()))
+  batch = _batches(1, batch_size=8, shape=FM_SHAPE)[0]
+  closed = jax.make_jaxpr(step)(state, batch, jax.random.key(0))
+  sizes = [np.size(c) for c in _all_consts(closed)]
+  smallest = min(np.size(x) for x in jax.tree.leaves(state.augment_vars))
+  assert all(size < max(smallest, 2) for size in sizes), sizes

@@ -1,0 +1,111 @@
+"""experiments/study.py: the whole study on tiny settings, resumable and
+reproducible."""
+
+import csv
+import importlib.util
+import os
+
+import pytest
+import tensorflow_datasets as tfds
+
+from advjax.errors import UserError
+from tests.helpers import ROOT
+
+MODES = ("none", "fgsm", "gan", "unrestricted")
+GAN_OVERRIDES = ["model.generator.width=4", "model.discriminator.width=4",
+                 "model.latent_dim=8", "batch_size=8", "num_train_steps=2",
+                 "eval_every_steps=2", "checkpoint.every_steps=2",
+                 "progress_bar=false", "sample.num_columns=2"]
+CLASSIFIER_OVERRIDES = ["model.widths=[4]", "model.hidden=8", "batch_size=16",
+                        "eval_batch_size=16", "num_train_steps=2",
+                        "eval_every_steps=1", "progress_bar=false",
+                        "augment.latent_steps=2", "augment.pgd_steps=1"]
+
+
+def _study():
+  spec = importlib.util.spec_from_file_location(
+      "study", os.path.join(ROOT, "experiments", "study.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _run(study, workdir, logs):
+  settings = study.evaluate.unrestricted_config()
+  settings.update(num_samples=6, num_steps=2)
+  with tfds.testing.mock_data(num_examples=32):
+    return study.run_study(
+        workdir, gan_config=os.path.join(ROOT, "configs", "quickstart_gan.py"),
+        classifier_config=os.path.join(ROOT, "configs",
+                                       "study_fashion_mnist.py"),
+        modes=MODES, gan_overrides=GAN_OVERRIDES,
+        classifier_overrides=CLASSIFIER_OVERRIDES, eps=0.1, pgd_steps=1,
+        num_examples=20, unrestricted=settings, command="test",
+        log=logs.append)
+
+
+def _csv(path):
+  with open(path, newline="") as f:
+    return [{k: v for k, v in row.items() if k != "train_minutes"}
+            for row in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+  study = _study()
+  workdir = str(tmp_path_factory.mktemp("study"))
+  logs = []
+  rows = _run(study, workdir, logs)
+  return study, workdir, rows, logs
+
+
+def test_study_writes_table_csv_and_figures_for_every_mode(first_run):
+  _, workdir, rows, _ = first_run
+  assert [r["mode"] for r in rows] == list(MODES)
+  files = set(os.listdir(workdir))
+  assert {"study.md", "study.csv", "accuracy_curves.png"} <= files
+  assert {f"unrestricted_{m}.png" for m in MODES} <= files
+  table = open(os.path.join(workdir, "study.md")).read()
+  for r in rows:
+    assert 0.0 <= r["clean_accuracy"] <= 1.0
+    assert f"| {r['mode']} | {100 * r['clean_accuracy']:.2f}% |" in table
+    # Success needs the classifier fooled: it bounds accuracy from above.
+    assert r["unrestricted_success"] <= 1 - r["unrestricted_accuracy"] + 1e-9
+  assert len(_csv(os.path.join(workdir, "study.csv"))) == len(MODES)
+
+
+def test_classifiers_log_accuracy_on_gan_samples_during_training(first_run):
+  study, workdir, _, _ = first_run
+  steps, values = study._history(os.path.join(workdir, "classifiers", "none"),
+                                 "eval/gan_sample_accuracy")
+  assert steps == [1, 2] and all(0.0 <= v <= 1.0 for v in values)
+
+
+def test_rerun_skips_finished_parts_and_gives_the_same_table(first_run):
+  study, workdir, _, _ = first_run
+  before = _csv(os.path.join(workdir, "study.csv"))
+  logs = []
+  _run(study, workdir, logs)
+  assert any("GAN: already trained" in line for line in logs)
+  assert sum("already evaluated" in line for line in logs) == len(MODES)
+  assert not any(line.endswith("training in " + workdir) for line in logs)
+  assert _csv(os.path.join(workdir, "study.csv")) == before
+
+
+def test_same_seed_in_a_fresh_folder_reproduces_the_numbers(first_run,
+                                                            tmp_path):
+  study, workdir, _, _ = first_run
+  _run(study, str(tmp_path), [])
+  assert (_csv(os.path.join(str(tmp_path), "study.csv"))
+          == _csv(os.path.join(workdir, "study.csv")))
+
+
+def test_unknown_mode_and_bad_override_are_refused(first_run, tmp_path):
+  study = first_run[0]
+  with pytest.raises(UserError, match="unknown mode"):
+    study.run_study(str(tmp_path), gan_config="x", classifier_config="y",
+                    modes=("nonsense",))
+  config = study.config_utils.load(
+      os.path.join(ROOT, "configs", "study_fashion_mnist.py:none"))
+  with pytest.raises(UserError, match="no 'augment.nope'"):
+    study.apply_overrides(config, ["augment.nope=1"])
