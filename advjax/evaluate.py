@@ -2,7 +2,8 @@
 
   python -m advjax.evaluate --mode=robustness --workdir=CLASSIFIER_DIR \
       [--eps=0.02,0.05,0.1] [--substitute_workdir=DIR] [--gan_workdir=DIR] \
-      [--unrestricted.num_steps=500 --unrestricted.num_samples=256 ...]
+      [--unrestricted.num_steps=500 --unrestricted.num_samples=256 ...] \
+      [--patch.size=8 --patch.target=0 ...]
   python -m advjax.evaluate --mode=gan --workdir=GAN_DIR \
       [--classifier_workdir=DIR] [--fid_weights=PATH]
 
@@ -269,6 +270,69 @@ def unrestricted_markdown(result: dict[str, Any]) -> str:
                    + [f"| {k} | {v} |" for k, v in rows]) + "\n"
 
 
+def patch_config() -> ml_collections.ConfigDict:
+  """Adversarial-patch settings of the report; size 0 leaves it out."""
+  return ml_collections.ConfigDict(dict(
+      size=0, target=0, num_steps=500, learning_rate=0.05, batch_size=32,
+      num_train_images=2000, seed=0))
+
+
+def patch(classifier: checkpoints.Restored,
+          settings: ml_collections.ConfigDict, *, num_examples: int = 1000,
+          batch_size: int = 250) -> dict[str, Any]:
+  """A universal patch (Brown et al. 2017) trained on training images,
+  evaluated at random positions on held-out test images (those whose label
+  is not already the target)."""
+  s = patch_config()
+  s.update(dict(settings))
+  config = classifier.config
+  info = input_pipeline.get_dataset_info(config.dataset.name)
+  train = input_pipeline.get_source(info.name, info.train_split,
+                                    config.dataset.get("data_dir") or None)
+  n_train = min(int(s.num_train_images), len(train))
+  raw, _ = input_pipeline._read(train, range(n_train))  # pylint: disable=protected-access
+  train_images = input_pipeline.to_float_image(raw)
+  logits_fn = classifier.logits_fn()
+  key = jax.random.key(int(s.seed))
+  trained = attacks.train_patch(
+      logits_fn, train_images, int(s.target), jax.random.fold_in(key, 0),
+      patch_size=int(s.size), num_steps=int(s.num_steps),
+      learning_rate=float(s.learning_rate), batch_size=int(s.batch_size))
+  p = trained["patch"]
+  hits = kept = 0.0
+  shown = None
+  for b, (images, labels) in enumerate(eval_data(classifier, num_examples,
+                                                 batch_size)):
+    keep = float(np.sum(labels != int(s.target)))
+    rate = float(attacks.evaluate_patch(logits_fn, images, p, int(s.target),
+                                        jax.random.fold_in(key, 1 + b),
+                                        labels=labels))
+    if keep:
+      hits += rate * keep
+      kept += keep
+    if shown is None:
+      positions = attacks._random_positions(  # pylint: disable=protected-access
+          jax.random.fold_in(key, 1 + b), min(len(images), 8),
+          images.shape[1:3], p.shape[:2])
+      shown = (images[:8], np.asarray(attacks.apply_patch(
+          images[:8], p, positions)))
+  return {"size": int(s.size), "target": int(s.target),
+          "num_steps": int(s.num_steps), "num_train_images": n_train,
+          "success_rate": hits / max(kept, 1.0), "num_evaluated": int(kept),
+          "final_train_loss": float(trained["loss"][-1]),
+          "patch": np.asarray(p), "examples": shown}
+
+
+def patch_markdown(result: dict[str, Any]) -> str:
+  return (f"Adversarial patch (Brown et al. 2017), {result['size']}x"
+          f"{result['size']} pixels toward class {result['target']}, trained "
+          f"{result['num_steps']} steps on {result['num_train_images']} "
+          f"training images: the classifier says class {result['target']} "
+          f"for {100 * result['success_rate']:.2f}% of "
+          f"{result['num_evaluated']} test images of other classes with the "
+          f"patch at a random position.\n")
+
+
 def write_report(out_dir: str, name: str, markdown: str,
                  data: dict[str, Any], images: dict[str, np.ndarray]) -> None:
   os.makedirs(out_dir, exist_ok=True)
@@ -384,6 +448,7 @@ def report(mode: str, workdir: str, out: str | None = None, *,
            substitute_workdir: str | None = None,
            gan_workdir: str | None = None,
            unrestricted_settings: ml_collections.ConfigDict | None = None,
+           patch_settings: ml_collections.ConfigDict | None = None,
            classifier_workdir: str | None = None,
            samples_per_class: int = 100, fid_weights: str | None = None,
            inception: bool = True) -> str:
@@ -405,6 +470,15 @@ def report(mode: str, workdir: str, out: str | None = None, *,
       images["unrestricted"] = latent.pop("grid")
       result["unrestricted"] = latent
       markdown += "\n" + unrestricted_markdown(latent)
+    if patch_settings is not None and int(patch_settings.get("size", 0)) > 0:
+      patched = patch(classifier, patch_settings, num_examples=num_examples,
+                      batch_size=batch_size)
+      clean, with_patch = patched.pop("examples")
+      images["patch"] = image_grid(np.concatenate([clean, with_patch]),
+                                   rows=2)
+      patched.pop("patch")
+      result["patch"] = patched
+      markdown += "\n" + patch_markdown(patched)
   elif mode == "gan":
     gan = checkpoints.restore(workdir)
     gan._require("gan")  # pylint: disable=protected-access
@@ -434,6 +508,7 @@ def main(argv):
                     substitute_workdir=f.substitute_workdir,
                     gan_workdir=f.gan_workdir,
                     unrestricted_settings=f.unrestricted,
+                    patch_settings=f.patch,
                     classifier_workdir=f.classifier_workdir,
                     samples_per_class=f.samples_per_class,
                     fid_weights=f.fid_weights, inception=f.inception)
@@ -460,6 +535,10 @@ def _define_flags():
                       "(latent) attack; settings as --unrestricted.<key>.")
   config_flags.DEFINE_config_dict("unrestricted", unrestricted_config(),
                                   "Latent-attack settings.")
+  config_flags.DEFINE_config_dict(
+      "patch", patch_config(),
+      "--mode=robustness: adversarial patch settings; --patch.size=8 "
+      "turns it on.")
   flags.DEFINE_string("classifier_workdir", None,
                       "--mode=gan: classifier for accuracy on samples and "
                       "classifier-feature FID.")

@@ -37,10 +37,13 @@ from typing import Any, Callable, Sequence
 
 import ml_collections
 
-from advjax import checkpoints, config_utils, evaluate, main
-from advjax.errors import UserError
-
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:  # run as a script from a clone without installing
+  sys.path.insert(0, ROOT)
+
+from advjax import checkpoints, config_utils, evaluate, main  # pylint: disable=wrong-import-position
+from advjax.errors import UserError  # pylint: disable=wrong-import-position
+
 MODES = ("none", "fgsm", "pgd", "gan", "unrestricted")
 DONE = "study_done.json"
 
@@ -287,7 +290,7 @@ def run_study(workdir: str, *, gan_config: str, classifier_config: str,
 def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string("workdir", None, "Folder of the whole study.")
+  # --workdir (the folder of the whole study) is advjax.main's flag.
   flags.DEFINE_string("gan_config",
                       os.path.join(ROOT, "configs", "quickstart_gan.py"),
                       "AC-GAN config (trained unless --gan_workdir).")
@@ -328,6 +331,8 @@ if __name__ == "__main__":
   _define_flags()
 
   def _wrapped(argv):
+    from absl import logging  # pylint: disable=g-import-not-at-top
+    logging.set_verbosity(logging.ERROR)
     try:
       _main(argv)
     except UserError as e:

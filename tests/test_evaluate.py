@@ -162,3 +162,25 @@ def test_unrestricted_attack_refuses_a_classifier_checkpoint_as_gan(runs):
   classifier = checkpoints.restore(classifier_dir)
   with pytest.raises(UserError, match="'classifier' trainer, not a gan"):
     evaluate.unrestricted(classifier, classifier)
+
+
+def test_patch_report_trains_on_train_images_and_counts_other_classes(
+    runs, tmp_path):
+  classifier_dir, _ = runs
+  out = str(tmp_path / "report")
+  settings = evaluate.patch_config()
+  settings.update(size=4, target=3, num_steps=3, num_train_images=16,
+                  batch_size=4)
+  with tfds.testing.mock_data(num_examples=48):
+    markdown = evaluate.report("robustness", classifier_dir, out, eps=(0.1,),
+                               num_examples=20, batch_size=10,
+                               patch_settings=settings)
+    labels = np.concatenate([y for _, y in evaluate.eval_data(
+        checkpoints.restore(classifier_dir), 20, 10)])
+  with open(os.path.join(out, "robustness.json")) as f:
+    data = json.load(f)["patch"]
+  assert data["num_train_images"] == 16 and data["size"] == 4
+  # Only test images whose label is not the target class count.
+  assert data["num_evaluated"] == int(np.sum(labels != 3))
+  assert 0.0 <= data["success_rate"] <= 1.0
+  assert "Adversarial patch" in markdown and "patch.png" in os.listdir(out)

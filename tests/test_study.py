@@ -109,3 +109,16 @@ def test_unknown_mode_and_bad_override_are_refused(first_run, tmp_path):
       os.path.join(ROOT, "configs", "study_fashion_mnist.py:none"))
   with pytest.raises(UserError, match="no 'augment.nope'"):
     study.apply_overrides(config, ["augment.nope=1"])
+
+
+def test_study_command_line_gives_one_line_errors(tmp_path):
+  import subprocess
+  import sys
+  out = subprocess.run(
+      [sys.executable, os.path.join(ROOT, "experiments", "study.py"),
+       f"--workdir={tmp_path}", "--modes=none,nonsense"],
+      capture_output=True, text=True, timeout=120,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert out.stderr.strip().splitlines()[-1].startswith(
+      "advjax: error: unknown mode(s) ['nonsense']")
