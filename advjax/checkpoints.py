@@ -304,6 +304,27 @@ class Restored:
       raise UserError(f"checkpoint in {self.workdir} was written by the "
                       f"'{self.trainer}' trainer, not a {trainer}")
 
+  # -- CycleGAN checkpoints --------------------------------------------------
+
+  def translate(self, images: Any, direction: str = "a2b") -> np.ndarray:
+    """A CycleGAN's translation of `images` (NHWC or HWC, in [-1, 1]):
+    'a2b' runs G (domain A -> B), 'b2a' runs F (B -> A)."""
+    from advjax import cyclegan_train  # pylint: disable=g-import-not-at-top
+    self._require("cyclegan")
+    if direction not in cyclegan_train.DIRECTIONS:
+      raise UserError(f"direction '{direction}' is not one of "
+                      f"{cyclegan_train.DIRECTIONS}")
+    images = jnp.asarray(images, jnp.float32)
+    if images.ndim == 3:
+      images = images[None]
+    channels = int(images.shape[-1])
+    fns = self.__dict__.setdefault("_translate_fns", {})
+    if channels not in fns:
+      generator = cyclegan_train.create_models(self.config, channels)[0]
+      fns[channels] = cyclegan_train.make_translate_fn(generator)
+    return np.asarray(fns[channels](self.state["g_params"][direction],
+                                    images))
+
 
 def _read_only_manager(directory: str) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(

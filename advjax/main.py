@@ -26,6 +26,7 @@ TRAINERS = {
     "classifier": "advjax.train",
     "distillation": "advjax.distillation",
     "gan": "advjax.gan_train",
+    "cyclegan": "advjax.cyclegan_train",
 }
 
 FLAGS = flags.FLAGS
