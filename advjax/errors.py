@@ -13,3 +13,19 @@ class UserError(ValueError):
 
 class TrainingDiverged(RuntimeError):
   """The loss stopped being finite; the message names the step."""
+
+
+def one_line_errors(main):
+  """Wraps an absl `main(argv)`: quiet absl logging, and a `UserError` ends
+  the program with one line on stderr and exit status 2."""
+
+  def wrapped(argv):
+    import sys  # pylint: disable=g-import-not-at-top
+    from absl import logging  # pylint: disable=g-import-not-at-top
+    logging.set_verbosity(logging.ERROR)
+    try:
+      return main(argv)
+    except UserError as e:
+      print(f"advjax: error: {e}", file=sys.stderr, flush=True)
+      sys.exit(2)
+  return wrapped

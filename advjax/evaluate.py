@@ -17,7 +17,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import sys
 from typing import Any, Callable, Iterator
 
 import jax
@@ -26,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from advjax import attacks, checkpoints, input_pipeline
-from advjax.errors import UserError
+from advjax.errors import UserError, one_line_errors
 from advjax.metric_writers import image_grid, save_png
 
 
@@ -552,16 +551,7 @@ def _define_flags():
 def entry_point():
   from absl import app  # pylint: disable=g-import-not-at-top
   _define_flags()
-
-  def wrapped(argv):
-    from absl import logging  # pylint: disable=g-import-not-at-top
-    logging.set_verbosity(logging.ERROR)
-    try:
-      main(argv)
-    except UserError as e:
-      print(f"advjax: error: {e}", file=sys.stderr, flush=True)
-      sys.exit(2)
-  app.run(wrapped)
+  app.run(one_line_errors(main))
 
 
 if __name__ == "__main__":

@@ -94,11 +94,7 @@ def create_train_state(config: ml_collections.ConfigDict, model: Any,
 def cross_entropy(logits: jax.Array, labels: jax.Array,
                   label_smoothing: float = 0.0) -> jax.Array:
   """Mean softmax cross-entropy with integer labels (optionally smoothed)."""
-  num_classes = logits.shape[-1]
-  targets = jax.nn.one_hot(labels, num_classes)
-  if label_smoothing:
-    targets = targets * (1 - label_smoothing) + label_smoothing / num_classes
-  return optax.softmax_cross_entropy(logits, targets).mean()
+  return augment.per_example_ce(logits, labels, label_smoothing).mean()
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,

@@ -42,7 +42,7 @@ if ROOT not in sys.path:  # run as a script from a clone without installing
   sys.path.insert(0, ROOT)
 
 from advjax import checkpoints, config_utils, evaluate, main  # pylint: disable=wrong-import-position
-from advjax.errors import UserError  # pylint: disable=wrong-import-position
+from advjax.errors import UserError, one_line_errors  # pylint: disable=wrong-import-position
 
 MODES = ("none", "fgsm", "pgd", "gan", "unrestricted")
 DONE = "study_done.json"
@@ -329,13 +329,4 @@ def _main(argv):
 if __name__ == "__main__":
   from absl import app  # pylint: disable=g-import-not-at-top
   _define_flags()
-
-  def _wrapped(argv):
-    from absl import logging  # pylint: disable=g-import-not-at-top
-    logging.set_verbosity(logging.ERROR)
-    try:
-      _main(argv)
-    except UserError as e:
-      print(f"advjax: error: {e}", file=sys.stderr, flush=True)
-      sys.exit(2)
-  app.run(_wrapped)
+  app.run(one_line_errors(_main))
