@@ -287,6 +287,40 @@ def run_study(workdir: str, *, gan_config: str, classifier_config: str,
   return rows
 
 
+# Smaller versions of the study; flags given on the command line win.
+PRESETS = {
+    "full": {},
+    # About 20 minutes on a 2-core CPU: the README's main job.
+    "small": dict(
+        gan_overrides=["num_epochs=1.0", "eval_every_steps=1000"],
+        classifier_overrides=["num_epochs=0.5", "eval_every_steps=25"],
+        num_examples=1000,
+        unrestricted=dict(num_samples=128, num_steps=100)),
+}
+
+
+def preset_settings(preset: str, *, num_examples: int | None = None,
+                    unrestricted: dict[str, Any] | None = None,
+                    gan_overrides: Sequence[str] = (),
+                    classifier_overrides: Sequence[str] = ()
+                    ) -> dict[str, Any]:
+  """`run_study` arguments of a preset, with what the user gave on top."""
+  if preset not in PRESETS:
+    raise UserError(f"unknown preset '{preset}'; presets are "
+                    f"{sorted(PRESETS)}")
+  p = PRESETS[preset]
+  settings = evaluate.unrestricted_config()
+  settings.update(p.get("unrestricted", {}))
+  settings.update(unrestricted or {})
+  return dict(
+      gan_overrides=list(p.get("gan_overrides", [])) + list(gan_overrides),
+      classifier_overrides=(list(p.get("classifier_overrides", []))
+                            + list(classifier_overrides)),
+      num_examples=(num_examples if num_examples is not None
+                    else p.get("num_examples", 10000)),
+      unrestricted=settings)
+
+
 def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
@@ -298,6 +332,10 @@ def _define_flags():
   flags.DEFINE_string("classifier_config",
                       os.path.join(ROOT, "configs", "study_fashion_mnist.py"),
                       "Config file whose get_config(mode) gives each mode.")
+  flags.DEFINE_enum("preset", "full", list(PRESETS),
+                    "'small': a shorter GAN and classifiers, fewer test "
+                    "images and latent steps (about 20 minutes on 2 CPU "
+                    "cores).")
   flags.DEFINE_list("modes", list(MODES), "Modes to train and compare.")
   flags.DEFINE_multi_string("classifier_override", [],
                             "key=value for every classifier config.")
@@ -318,12 +356,20 @@ def _main(argv):
   if not f.workdir:
     raise UserError("--workdir is required")
   command = " ".join(["python", "experiments/study.py"] + sys.argv[1:])
+  given = {}
+  for key in f.unrestricted:  # the --unrestricted.<key> flags given
+    name = f"unrestricted.{key}"
+    if name in f and f[name].present:
+      given[key] = f.unrestricted[key]
+  settings = preset_settings(
+      f.preset, num_examples=(f.num_examples if f["num_examples"].present
+                              else None),
+      unrestricted=given, gan_overrides=f.gan_override,
+      classifier_overrides=f.classifier_override)
   run_study(f.workdir, gan_config=f.gan_config,
             classifier_config=f.classifier_config, modes=f.modes,
-            gan_workdir=f.gan_workdir, gan_overrides=f.gan_override,
-            classifier_overrides=f.classifier_override, eps=f.eps,
-            pgd_steps=f.pgd_steps, num_examples=f.num_examples,
-            unrestricted=f.unrestricted, command=command)
+            gan_workdir=f.gan_workdir, eps=f.eps, pgd_steps=f.pgd_steps,
+            command=command, **settings)
 
 
 if __name__ == "__main__":

@@ -122,3 +122,22 @@ def test_study_command_line_gives_one_line_errors(tmp_path):
   assert out.returncode == 2, out.stderr[-2000:]
   assert out.stderr.strip().splitlines()[-1].startswith(
       "advjax: error: unknown mode(s) ['nonsense']")
+
+
+def test_preset_settings_let_user_flags_win(first_run):
+  study = first_run[0]
+  small = study.preset_settings("small")
+  assert small["num_examples"] == 1000
+  assert small["unrestricted"].num_steps == 100
+  assert "num_epochs=0.5" in small["classifier_overrides"]
+  mine = study.preset_settings("small", num_examples=50,
+                               unrestricted={"num_steps": 7},
+                               classifier_overrides=["num_epochs=2.0"])
+  assert mine["num_examples"] == 50 and mine["unrestricted"].num_steps == 7
+  assert mine["unrestricted"].num_samples == 128  # the preset's
+  # Later overrides win: the user's come after the preset's.
+  assert mine["classifier_overrides"][-1] == "num_epochs=2.0"
+  full = study.preset_settings("full")
+  assert full["num_examples"] == 10000 and full["unrestricted"].num_steps == 500
+  with pytest.raises(UserError, match="unknown preset"):
+    study.preset_settings("huge")
