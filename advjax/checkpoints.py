@@ -25,6 +25,7 @@ import functools
 import json
 import logging
 import os
+import time
 import warnings
 from typing import Any, Callable
 
@@ -326,11 +327,21 @@ class Restored:
                                     images))
 
 
-def _read_only_manager(directory: str) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(
-      directory, options=_options(1, None, "max", False, read_only=True),
-      item_handlers={STATE: ocp.StandardCheckpointHandler(),
-                     META: ocp.JsonCheckpointHandler()})
+def _read_only_manager(directory: str,
+                       attempts: int = 5) -> ocp.CheckpointManager:
+  """A manager that only reads. A run that is still training may delete an
+  old step while orbax lists the folder (FileNotFoundError): list again."""
+  for attempt in range(attempts):
+    try:
+      return ocp.CheckpointManager(
+          directory, options=_options(1, None, "max", False, read_only=True),
+          item_handlers={STATE: ocp.StandardCheckpointHandler(),
+                         META: ocp.JsonCheckpointHandler()})
+    except FileNotFoundError:
+      if attempt == attempts - 1:
+        raise
+      time.sleep(0.2 * (attempt + 1))
+  raise AssertionError("unreachable")
 
 
 def available_steps(workdir: str) -> list[int]:

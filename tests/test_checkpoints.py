@@ -97,3 +97,28 @@ def test_step_folder_without_its_files_falls_back(tmp_path):
   os.makedirs(os.path.join(workdir, "checkpoints", "3", "state"))
   with pytest.warns(RuntimeWarning, match="cannot be read"):
     assert checkpoints.restore(workdir).step == 2
+
+
+def test_listing_steps_survives_a_live_run_deleting_an_old_one(tmp_path,
+                                                               monkeypatch):
+  """A training run may remove step k while another process lists the folder:
+  orbax then raises FileNotFoundError; the listing is retried."""
+  from advjax import checkpoints as ck
+  os.makedirs(ck.checkpoint_dir(str(tmp_path)))
+  calls = []
+
+  class Flaky:
+    def __init__(self, *args, **kwargs):
+      calls.append(1)
+      if len(calls) == 1:
+        raise FileNotFoundError("checkpoints/10")
+
+    def all_steps(self):
+      return [30, 20]
+
+    def close(self):
+      pass
+
+  monkeypatch.setattr(ck.ocp, "CheckpointManager", Flaky)
+  assert ck.available_steps(str(tmp_path)) == [20, 30]
+  assert len(calls) == 2
