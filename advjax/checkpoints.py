@@ -1,9 +1,11 @@
-"""Checkpoints: saving during training, resuming, and restoring in a notebook.
+"""Checkpoints: writing them during training and reading them back.
 
 A checkpoint (orbax `CheckpointManager`, one folder per step under
 `<workdir>/checkpoints`) holds two items:
-  'state': the whole train state pytree (params, batch stats, optimiser
-           state, step, ...), so a resumed run continues bit for bit;
+  'state': the train state pytree (params, batch stats, optimiser state,
+           step, ...: what training changes), so a resumed run continues bit
+           for bit; frozen models a run only reads (a distillation teacher, the
+           GAN of adversarial training) are not in it;
   'meta':  JSON with the experiment config, the trainer's name, the input
            pipeline position and, where evaluation ran at that step, its
            metrics.
@@ -12,29 +14,27 @@ Retention keeps the last `keep` checkpoints plus the best one by a chosen
 evaluation metric. A checkpoint that cannot be read (corrupt, or cut short by a
 crash) is skipped with a warning in favour of the one before it.
 
-For notebooks, `restore(workdir)` needs no training code:
-
-    r = advjax.checkpoints.restore("/tmp/quickstart")
-    r.config.model, r.params, r.predict(images)
+This module only reads and writes: `load(workdir)` gives the raw
+`Checkpoint` (config, state as nested dicts, meta). The typed handles a
+notebook uses (`predict`, `sample`, `translate`, ...) are in
+`advjax.inference`, whose `restore(workdir)` builds the right one.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import os
 import time
 import warnings
-from typing import Any, Callable
+from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import orbax.checkpoint as ocp
 
+from advjax import settings as settings_lib
 from advjax.errors import UserError
 
 STATE = "state"
@@ -46,17 +46,38 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
 
 
-def _options(keep: int, best_metric: str | None, best_mode: str,
-             async_save: bool, read_only: bool = False):
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """`config.checkpoint`, read once: a checkpoint every `every_steps` (<= 0:
+  once per epoch) and at the end; the last `keep` kept plus the best by the
+  evaluation metric `best_metric` ('' = none), `best_mode` 'max' or 'min';
+  `async_save` writes while training goes on."""
+  every_steps: int = -1
+  keep: int = 3
+  best_metric: str = ""
+  best_mode: str = "max"
+  async_save: bool = True
+
+  def __post_init__(self):
+    settings_lib.check_positive(self, "keep")
+    settings_lib.check_choice(self, "best_mode", ("max", "min"))
+
+
+def read_settings(config: ml_collections.ConfigDict) -> Settings:
+  return settings_lib.from_block(Settings, config.get("checkpoint"),
+                                 "checkpoint")
+
+
+def _options(s: Settings, read_only: bool = False):
   cm = ocp.checkpoint_managers
-  policies = [cm.LatestN(n=max(int(keep), 1))]
-  if best_metric:
-    policies.append(cm.BestN(get_metric_fn=lambda m: m[best_metric],
-                             reverse=(best_mode == "min"), n=1,
+  policies = [cm.LatestN(n=s.keep)]
+  if s.best_metric:
+    policies.append(cm.BestN(get_metric_fn=lambda m: m[s.best_metric],
+                             reverse=(s.best_mode == "min"), n=1,
                              keep_checkpoints_without_metrics=False))
   return ocp.CheckpointManagerOptions(
       preservation_policy=cm.AnyPreservationPolicy(policies),
-      enable_async_checkpointing=async_save,
+      enable_async_checkpointing=s.async_save,
       cleanup_tmp_directories=not read_only,
       create=not read_only,
       read_only=read_only)
@@ -65,17 +86,11 @@ def _options(keep: int, best_metric: str | None, best_mode: str,
 class Checkpointer:
   """Saves and resumes one run's train state (thin wrapper over orbax)."""
 
-  def __init__(self, workdir: str, *, keep: int = 3,
-               best_metric: str | None = None, best_mode: str = "max",
-               async_save: bool = True):
-    if best_mode not in ("max", "min"):
-      raise UserError(f"checkpoint best_mode must be 'max' or 'min', "
-                      f"not '{best_mode}'")
+  def __init__(self, workdir: str, settings: Settings = Settings()):
     self.directory = checkpoint_dir(workdir)
-    self.best_metric = best_metric
+    self.best_metric = settings.best_metric
     self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=_options(keep, best_metric, best_mode, async_save),
+        self.directory, options=_options(settings),
         item_names=(STATE, META))
 
   def all_steps(self) -> list[int]:
@@ -121,9 +136,6 @@ class Checkpointer:
       return restored[STATE], dict(restored[META])
     return None
 
-  def wait(self) -> None:
-    self._manager.wait_until_finished()
-
   def close(self) -> None:
     self._manager.wait_until_finished()
     self._manager.close()
@@ -138,12 +150,12 @@ def _warn_unreadable(directory: str, step: int, error: Exception) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Restoring for notebooks and evaluation.
+# Reading a run's checkpoint without training code.
 
 
 @dataclasses.dataclass
-class Restored:
-  """A checkpoint read back without any training code.
+class Checkpoint:
+  """One checkpoint as saved.
 
   Attributes:
     config: the experiment config the run was started with.
@@ -161,170 +173,8 @@ class Restored:
 
   @property
   def trainer(self) -> str:
+    """The name of the trainer that wrote it ('classifier', 'gan', ...)."""
     return self.meta.get("trainer", "classifier")
-
-  @property
-  def params(self) -> Any:
-    return self.state["params"]
-
-  @property
-  def batch_stats(self) -> Any:
-    return self.state.get("batch_stats") or {}
-
-  @property
-  def variables(self) -> dict[str, Any]:
-    v = {"params": self.params}
-    if self.batch_stats:
-      v["batch_stats"] = self.batch_stats
-    return v
-
-  @functools.cached_property
-  def model(self):
-    """The flax module, built from the saved config (no cross-device BN)."""
-    from advjax import input_pipeline, models  # pylint: disable=g-import-not-at-top
-    self._require("classifier")
-    info = input_pipeline.get_dataset_info(self.config.dataset.name)
-    return models.create_model(self.config.model, info.num_classes)
-
-  @functools.cached_property
-  def _logits_fn(self) -> Callable[[Any, jax.Array], jax.Array]:
-    model = self.model
-    return jax.jit(lambda v, x: model.apply(v, x, train=False))
-
-  def logits(self, images: Any) -> jax.Array:
-    """Classifier logits for images in [-1, 1], NHWC (eval mode)."""
-    self._require("classifier")
-    images = jnp.asarray(images, jnp.float32)
-    if images.ndim == 3:
-      images = images[None]
-    return self._logits_fn(self.variables, images)
-
-  def predict(self, images: Any) -> np.ndarray:
-    """Predicted class of each image."""
-    return np.asarray(jnp.argmax(self.logits(images), axis=-1))
-
-  def logits_fn(self) -> Callable[[jax.Array], jax.Array]:
-    """`x -> logits`, differentiable in x: what the attacks take."""
-    self._require("classifier")
-    model, variables = self.model, self.variables
-    return lambda x: model.apply(variables, x, train=False)
-
-  # -- GAN checkpoints -------------------------------------------------------
-
-  @functools.cached_property
-  def num_classes(self) -> int:
-    """Classes of the dataset (classifier) or of the conditioning (GAN; 0 for
-    an unconditional GAN)."""
-    from advjax import input_pipeline  # pylint: disable=g-import-not-at-top
-    info = input_pipeline.get_dataset_info(self.config.dataset.name)
-    if self.trainer == "gan" and not self.config.model.get("conditional",
-                                                            False):
-      return 0
-    return info.num_classes
-
-  @functools.cached_property
-  def _gan_modules(self):
-    from advjax import gan_train, input_pipeline  # pylint: disable=g-import-not-at-top
-    self._require("gan")
-    info = input_pipeline.get_dataset_info(self.config.dataset.name)
-    return gan_train.create_models(self.config, self.num_classes,
-                                   info.image_shape, axis_name=None)
-
-  @property
-  def generator(self):
-    return self._gan_modules[0]
-
-  @property
-  def discriminator(self):
-    return self._gan_modules[1]
-
-  @functools.cached_property
-  def _generate(self):
-    from advjax import gan_train  # pylint: disable=g-import-not-at-top
-    return gan_train.make_generate_fn(self.generator)
-
-  def generator_variables(self, ema: bool = True) -> dict[str, Any]:
-    """The generator's variables; the moving average of its weights when
-    the run kept one and `ema` is true."""
-    from advjax import gan_train  # pylint: disable=g-import-not-at-top
-    self._require("gan")
-    params = (gan_train.sampling_params(self.state) if ema
-              else self.state["g_params"])
-    return {"params": params, **(self.state.get("g_state") or {})}
-
-  def discriminator_variables(self) -> dict[str, Any]:
-    self._require("gan")
-    return {"params": self.state["d_params"],
-            **(self.state.get("d_state") or {})}
-
-  def aux_logits_fn(self) -> Callable[[jax.Array], jax.Array]:
-    """`x -> class logits` of an AC-GAN's discriminator (eval mode)."""
-    disc, variables = self.discriminator, self.discriminator_variables()
-    if not (getattr(disc, "aux_classifier", False)
-            or type(disc).__name__ == "ResNetCritic") or not self.num_classes:
-      raise UserError(f"the GAN in {self.workdir} has no auxiliary "
-                      f"classifier (an AC-GAN discriminator) to ask")
-    return lambda x: disc.apply(variables, x, None, train=False)["logits"]
-
-  def generate_fn(self, ema: bool = True) -> Callable[..., jax.Array]:
-    """`(z, labels) -> images`, differentiable in z (for latent attacks)."""
-    gen, variables = self.generator, self.generator_variables(ema)
-    return lambda z, labels: gen.apply(variables, z, labels, train=False)
-
-  def generate(self, z: Any, labels: Any = None, ema: bool = True
-               ) -> jax.Array:
-    """G(z, labels) in inference mode; images in [-1, 1]."""
-    v = self.generator_variables(ema)
-    g_state = {k: x for k, x in v.items() if k != "params"}
-    labels = None if labels is None else jnp.asarray(labels, jnp.int32)
-    return self._generate(v["params"], g_state, jnp.asarray(z, jnp.float32),
-                          labels)
-
-  def sample(self, label: Any = None, n: int = 16, seed: int = 0,
-             ema: bool = True) -> np.ndarray:
-    """`n` samples of class `label` (an int, or one label per sample; None
-    for an unconditional GAN), from latent vectors drawn with `seed`."""
-    self._require("gan")
-    if self.num_classes and label is None:
-      raise UserError(f"this GAN is class-conditional: pass a class in "
-                      f"[0, {self.num_classes})")
-    if not self.num_classes and label is not None:
-      raise UserError("this GAN is unconditional: call sample() without a "
-                      "class")
-    labels = None
-    if label is not None:
-      labels = np.broadcast_to(np.asarray(label, np.int32), (n,))
-      if labels.min() < 0 or labels.max() >= self.num_classes:
-        raise UserError(f"class {label} is outside [0, {self.num_classes})")
-    z = jax.random.normal(jax.random.key(seed),
-                          (n, int(self.config.model.latent_dim)))
-    return np.asarray(self.generate(z, labels, ema))
-
-  def _require(self, trainer: str) -> None:
-    if self.trainer != trainer:
-      raise UserError(f"checkpoint in {self.workdir} was written by the "
-                      f"'{self.trainer}' trainer, not a {trainer}")
-
-  # -- CycleGAN checkpoints --------------------------------------------------
-
-  def translate(self, images: Any, direction: str = "a2b") -> np.ndarray:
-    """A CycleGAN's translation of `images` (NHWC or HWC, in [-1, 1]):
-    'a2b' runs G (domain A -> B), 'b2a' runs F (B -> A)."""
-    from advjax import cyclegan_train  # pylint: disable=g-import-not-at-top
-    self._require("cyclegan")
-    if direction not in cyclegan_train.DIRECTIONS:
-      raise UserError(f"direction '{direction}' is not one of "
-                      f"{cyclegan_train.DIRECTIONS}")
-    images = jnp.asarray(images, jnp.float32)
-    if images.ndim == 3:
-      images = images[None]
-    channels = int(images.shape[-1])
-    fns = self.__dict__.setdefault("_translate_fns", {})
-    if channels not in fns:
-      generator = cyclegan_train.create_models(self.config, channels)[0]
-      fns[channels] = cyclegan_train.make_translate_fn(generator)
-    return np.asarray(fns[channels](self.state["g_params"][direction],
-                                    images))
 
 
 def _read_only_manager(directory: str,
@@ -334,7 +184,8 @@ def _read_only_manager(directory: str,
   for attempt in range(attempts):
     try:
       return ocp.CheckpointManager(
-          directory, options=_options(1, None, "max", False, read_only=True),
+          directory, options=_options(Settings(keep=1, async_save=False),
+                                      read_only=True),
           item_handlers={STATE: ocp.StandardCheckpointHandler(),
                          META: ocp.JsonCheckpointHandler()})
     except FileNotFoundError:
@@ -354,9 +205,10 @@ def available_steps(workdir: str) -> list[int]:
   return steps
 
 
-def restore(workdir: str, step: int | None = None,
-            best: bool = False) -> Restored:
-  """Reads a checkpoint of `workdir` for use in a notebook or evaluation.
+def load(workdir: str, step: int | None = None,
+         best: bool = False) -> Checkpoint:
+  """Reads a checkpoint of `workdir` (see `advjax.inference.restore` for the
+  typed handle a notebook wants).
 
   Args:
     workdir: the run's work directory (the one given to `advjax.main`).
@@ -392,8 +244,8 @@ def restore(workdir: str, step: int | None = None,
         _warn_unreadable(directory, s, e)
         continue
       config = ml_collections.ConfigDict(meta.get("config", {}))
-      return Restored(config=config, state=state, meta=meta, step=s,
-                      workdir=workdir)
+      return Checkpoint(config=config, state=state, meta=meta, step=s,
+                        workdir=workdir)
     raise UserError(f"no readable checkpoint in '{workdir}'")
   finally:
     mngr.close()

@@ -3,7 +3,9 @@
     config = advjax.config_utils.load("configs/quickstart.py")
 
 Config files may build on each other with `base("other_config")`, which
-loads a config file from the same folder as the caller.
+loads a config file from the same folder as the caller, and share blocks
+through `sibling("common")`, which imports `common.py` from that folder as a
+module (`configs/common.py`: the blocks every config repeats).
 
 As with ml_collections' `--config=path.py:arg`, a path may end in `:arg`;
 the file's `get_config(arg)` then receives the string `arg`.
@@ -14,6 +16,8 @@ from __future__ import annotations
 import importlib.util
 import inspect
 import os
+import sys
+import types
 
 import ml_collections
 
@@ -51,3 +55,19 @@ def base(name: str) -> ml_collections.ConfigDict:
   name, sep, arg = name.partition(":")
   return load(os.path.join(os.path.dirname(os.path.abspath(caller)),
                            name + ".py") + (sep + arg if sep else ""))
+
+
+def sibling(name: str) -> types.ModuleType:
+  """The module `<name>.py` from the caller's folder, imported once (for
+  config files that share blocks, e.g. `common = sibling("common")`)."""
+  caller = inspect.stack()[1].filename
+  path = os.path.join(os.path.dirname(os.path.abspath(caller)), name + ".py")
+  key = f"advjax_configs_{abs(hash(path))}_{name}"
+  if key not in sys.modules:
+    if not os.path.isfile(path):
+      raise UserError(f"config module '{path}' does not exist")
+    spec = importlib.util.spec_from_file_location(key, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[key] = module
+    spec.loader.exec_module(module)
+  return sys.modules[key]

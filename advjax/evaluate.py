@@ -1,35 +1,39 @@
 """Evaluating checkpoints: classifier robustness and GAN sample quality.
 
   python -m advjax.evaluate --mode=robustness --workdir=CLASSIFIER_DIR \
-      [--eps=0.02,0.05,0.1] [--substitute_workdir=DIR] [--gan_workdir=DIR] \
-      [--unrestricted.num_steps=500 --unrestricted.num_samples=256 ...] \
+      [--eps=0.02,0.05,0.1] [--attacks=fgsm,pgd] [--attack.pgd.num_steps=20] \
+      [--substitute_workdir=DIR] [--gan_workdir=DIR] \
+      [--attack.unrestricted.num_steps=500 --unrestricted_samples=256 ...] \
       [--patch.size=8 --patch.target=0 ...]
   python -m advjax.evaluate --mode=gan --workdir=GAN_DIR \
       [--classifier_workdir=DIR] [--fid_weights=PATH]
 
-Each writes `<out>/<mode>.md` (a Markdown table), `<out>/<mode>.json` and PNG
-images (clean above, adversarial below) to `--out` (default
-`<workdir>/eval`), and prints the table.
+The robustness report evaluates every norm-bounded adversary of
+`advjax.adversaries` named in `--attacks` at every eps (settings
+`--attack.<name>.<field>`, defaulting to each adversary's evaluation
+settings). Each report writes `<out>/<mode>.md` (a Markdown table),
+`<out>/<mode>.json` and PNG images (clean above, adversarial below) to
+`--out` (default `<workdir>/eval`), and prints the table.
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import json
 import os
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from advjax import attacks, checkpoints, input_pipeline
+from advjax import adversaries, attacks, inference, input_pipeline
 from advjax.errors import UserError, one_line_errors
 from advjax.metric_writers import image_grid, save_png
 
 
-def eval_data(restored: checkpoints.Restored, num_examples: int,
+def eval_data(restored: inference.Run, num_examples: int,
               batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """(images, labels) batches of the run's test split, first `num_examples`."""
   config = restored.config
@@ -51,83 +55,126 @@ def _accuracy(predict: Callable, images, labels) -> float:
   return float(np.mean(np.asarray(predict(images)) == np.asarray(labels)))
 
 
-def robustness(classifier: checkpoints.Restored, *, eps_list: list[float],
-               pgd_steps: int = 10, pgd_step_ratio: float = 0.25,
-               num_examples: int = 1000, batch_size: int = 250,
-               substitute: checkpoints.Restored | None = None,
-               seed: int = 0) -> dict[str, Any]:
-  """Clean, FGSM and PGD (L-inf) accuracy, and transfer error if asked.
+def _default_attacks() -> list[str]:
+  """Norm-bounded adversaries a report runs unless told otherwise."""
+  return [n for n, a in adversaries.ADVERSARIES.items() if a.norm_bounded]
 
-  eps is in the pipeline's [-1, 1] units; PGD uses `pgd_steps` steps of
-  `pgd_step_ratio * eps` with a random start (0 steps: no PGD).
+
+def _compiled_attack(entry: adversaries.Adversary, settings: Any,
+                     target: adversaries.Target) -> Callable[..., jax.Array]:
+  """(x, y, rng) -> adversarial images; jit-compiled where the entry can be
+  traced (AutoAttack-like entries run their own compiled pieces)."""
+  fn = lambda x, y, rng: entry.craft(settings, target, x, y, rng)["image"]
+  return jax.jit(fn) if entry.trains else fn
+
+
+def robustness(classifier: inference.Classifier, *, eps_list: Sequence[float],
+               attack_names: Sequence[str] | None = None,
+               attack_settings: Mapping[str, Any] | None = None,
+               num_examples: int = 1000, batch_size: int = 250,
+               substitute: inference.Classifier | None = None,
+               seed: int = 0) -> dict[str, Any]:
+  """Clean accuracy, accuracy under each attack at each eps, and transfer
+  error if asked.
+
+  `attack_names` are norm-bounded adversaries of `advjax.adversaries`
+  (default: all); `attack_settings[name]` overrides fields of that
+  adversary's evaluation settings (eps comes from `eps_list`, in the
+  pipeline's [-1, 1] units). The transfer error is that of FGSM examples
+  crafted on `substitute` (Papernot et al. 2017).
   """
-  if any(e < 0 for e in eps_list):
-    raise UserError(f"eps must be >= 0, got {eps_list}")
-  logits_fn = classifier.logits_fn()
-  fgsm = jax.jit(functools.partial(attacks.fgsm, logits_fn),
-                 static_argnames=())
-  pgd = jax.jit(functools.partial(attacks.pgd, logits_fn),
-                static_argnames=("num_steps", "norm"))
+  names = list(attack_names if attack_names is not None
+               else _default_attacks())
+  entries = [adversaries.get(n) for n in names]
+  for entry in entries:
+    if not entry.norm_bounded:
+      raise UserError(f"attack '{entry.name}' has no eps; the robustness "
+                      f"table takes norm-bounded attacks "
+                      f"{_default_attacks()}")
+  if any(not np.isfinite(e) or e < 0 for e in eps_list):
+    raise UserError(f"eps must be finite and >= 0, got {list(eps_list)}")
+  attack_settings = dict(attack_settings or {})
+  target = adversaries.Target(classifier.logits_fn())
+  crafted = {}
+  for e in eps_list:
+    for entry in entries:
+      settings = entry.evaluation_settings(attack_settings.get(entry.name),
+                                           f"attack.{entry.name}", eps=e)
+      crafted[(e, entry.name)] = (settings,
+                                  _compiled_attack(entry, settings, target))
   sub_fgsm = None
   if substitute is not None:
-    sub_fgsm = jax.jit(functools.partial(attacks.fgsm,
-                                         substitute.logits_fn()))
-  counts = {"n": 0, "clean": 0.0}
-  per_eps = {e: {"fgsm": 0.0, "pgd": 0.0, "transfer": 0.0} for e in eps_list}
+    sub_fgsm = jax.jit(lambda x, y, e: attacks.fgsm(
+        substitute.logits_fn(), x, y, e))
+  count, clean = 0, 0.0
+  hits = {key: 0.0 for key in crafted}
+  transfer = {e: 0.0 for e in eps_list}
   examples = {}
   key = jax.random.key(seed)
   for b, (images, labels) in enumerate(eval_data(classifier, num_examples,
                                                  batch_size)):
     x, y = jnp.asarray(images), jnp.asarray(labels)
     n = len(labels)
-    counts["n"] += n
-    counts["clean"] += n * _accuracy(classifier.predict, x, y)
+    count += n
+    clean += n * _accuracy(classifier.predict, x, y)
     for e in eps_list:
-      x_fgsm = fgsm(x, y, e)
-      per_eps[e]["fgsm"] += n * _accuracy(classifier.predict, x_fgsm, y)
-      x_pgd = x_fgsm
-      if pgd_steps > 0:
-        x_pgd = pgd(x, y, jax.random.fold_in(key, b), eps=e,
-                    step_size=pgd_step_ratio * e, num_steps=pgd_steps)
-        per_eps[e]["pgd"] += n * _accuracy(classifier.predict, x_pgd, y)
+      shown = [np.asarray(x[:8])]
+      for entry in entries:
+        x_adv = crafted[(e, entry.name)][1](x, y, jax.random.fold_in(key, b))
+        hits[(e, entry.name)] += n * _accuracy(classifier.predict, x_adv, y)
+        shown.append(np.asarray(x_adv[:8]))
       if sub_fgsm is not None:
-        x_t = sub_fgsm(x, y, e)
-        per_eps[e]["transfer"] += n * (
-            1.0 - _accuracy(classifier.predict, x_t, y))
+        transfer[e] += n * (1.0 - _accuracy(classifier.predict,
+                                             sub_fgsm(x, y, e), y))
       if b == 0:
-        examples[e] = (np.asarray(x[:8]), np.asarray(x_fgsm[:8]),
-                       np.asarray(x_pgd[:8]))
-  total = max(counts["n"], 1)
+        examples[e] = shown
+  total = max(count, 1)
   rows = []
   for e in eps_list:
-    row = {"eps": e, "fgsm_accuracy": per_eps[e]["fgsm"] / total}
-    if pgd_steps > 0:
-      row["pgd_accuracy"] = per_eps[e]["pgd"] / total
+    row = {"eps": e}
+    for entry in entries:
+      row[f"{entry.name}_accuracy"] = hits[(e, entry.name)] / total
     if substitute is not None:
-      row["transfer_error"] = per_eps[e]["transfer"] / total
+      row["transfer_error"] = transfer[e] / total
     rows.append(row)
-  return {"num_examples": counts["n"], "clean_accuracy": counts["clean"] / total,
-          "pgd_steps": pgd_steps, "rows": rows, "examples": examples}
+  used = {entry.name: _as_json(crafted[(eps_list[0], entry.name)][0])
+          for entry in entries} if eps_list else {}
+  return {"num_examples": count, "clean_accuracy": clean / total,
+          "attacks": names, "labels": {en.name: en.label for en in entries},
+          "settings": used, "rows": rows, "examples": examples}
+
+
+def _as_json(settings: Any) -> dict[str, Any]:
+  return {k: v for k, v in dataclasses.asdict(settings).items()
+          if k != "eps"}
 
 
 def robustness_markdown(result: dict[str, Any]) -> str:
+  """The robustness table: one row per eps, a column per attack, the drop
+  of the strongest one, and the transfer error if measured."""
   clean = result["clean_accuracy"]
+  names = result["attacks"]
+  labels = [result["labels"][n] for n in names]
   has_transfer = any("transfer_error" in r for r in result["rows"])
-  has_pgd = result["pgd_steps"] > 0
+  described = "; ".join(
+      f"{result['labels'][n]}: " + ", ".join(
+          f"{k} {v}" for k, v in result["settings"].get(n, {}).items())
+      for n in names if result["settings"].get(n))
   lines = [f"Clean accuracy: {100 * clean:.2f}% on {result['num_examples']} "
            f"test images (eps in [-1, 1] pixel units"
-           + (f"; PGD: {result['pgd_steps']} steps, L-inf, random start)"
-              if has_pgd else ")"), "",
-           "| eps | FGSM accuracy | drop vs clean |"
-           + (" PGD accuracy |" if has_pgd else "")
+           + (f"; {described})" if described else ")"), "",
+           "| eps | " + " | ".join(f"{l} accuracy" for l in labels)
+           + (" | drop vs clean |" if names else "")
            + (" transfer error |" if has_transfer else ""),
-           "| --- | --- | --- |" + (" --- |" if has_pgd else "")
-           + (" --- |" if has_transfer else "")]
+           "| --- |" + " --- |" * (len(names) + (1 if names else 0)
+                                   + (1 if has_transfer else 0))]
   for r in result["rows"]:
-    line = (f"| {r['eps']:g} | {100 * r['fgsm_accuracy']:.2f}% | "
-            f"{100 * (clean - r['fgsm_accuracy']):.2f} points |")
-    if has_pgd:
-      line += f" {100 * r['pgd_accuracy']:.2f}% |"
+    accs = [r[f"{n}_accuracy"] for n in names]
+    line = f"| {r['eps']:g} | " + " | ".join(f"{100 * a:.2f}%" for a in accs)
+    if names:
+      line += f" | {100 * (clean - min(accs)):.2f} points |"
+    else:
+      line += " |"
     if has_transfer:
       line += f" {100 * r['transfer_error']:.2f}% |"
     lines.append(line)
@@ -135,36 +182,37 @@ def robustness_markdown(result: dict[str, Any]) -> str:
 
 
 def unrestricted_config() -> ml_collections.ConfigDict:
-  """Latent-attack settings of the report; defaults are the study's.
-
-  Song et al. 2018 as used by the study: lambda_z = lambda_aux = 0.1,
-  eps_z = 0.1, learning rate 0.1, 500 steps with Langevin noise; pixel noise
-  (x = clip(G(z) + noise_eps * tanh(tau))) off unless `noise` is set, with
-  the study's noise_eps = 0.1.
-  """
-  return ml_collections.ConfigDict(dict(
-      num_samples=256, num_steps=500, learning_rate=0.1, eps_z=0.1,
-      lambda_z=0.1, lambda_aux=0.1, noise=False, noise_eps=0.1,
-      langevin=True, targeted=False, seed=0, batch_size=256))
+  """The unrestricted report's own settings (the latent attack's are the
+  'unrestricted' adversary's, `--attack.unrestricted.*`): how many samples,
+  in batches of how many, drawn with which seed."""
+  return ml_collections.ConfigDict(dict(num_samples=256, batch_size=256,
+                                        seed=0))
 
 
-def unrestricted(classifier: checkpoints.Restored, gan: checkpoints.Restored,
-                 settings: ml_collections.ConfigDict | None = None
+def unrestricted(classifier: inference.Classifier, gan: inference.GAN,
+                 attack: Any = None,
+                 report_settings: Mapping[str, Any] | None = None
                  ) -> dict[str, Any]:
   """Unrestricted adversarial examples against `classifier` from an AC-GAN.
 
   Draws `num_samples` latent vectors with balanced source classes, runs
-  `attacks.unrestricted_attack` (targeted at a random other class if
-  `targeted`) and reports the classifier's accuracy on the clean samples
-  G(z0, y_s) and on the attacked ones, how often the GAN's auxiliary
-  classifier still says y_s, the success rate (both at once) and the mean
-  iteration of first success.
+  `attacks.unrestricted_attack` with the 'unrestricted' adversary's settings
+  (`attack`: its settings or a block of fields over its evaluation defaults;
+  targeted at a random other class if `targeted`) and reports the
+  classifier's accuracy on the clean samples G(z0, y_s) and on the attacked
+  ones, how often the GAN's auxiliary classifier still says y_s, the success
+  rate (both at once) and the mean iteration of first success.
   """
-  s = unrestricted_config()
-  if settings is not None:
-    s.update(dict(settings))
-  classifier._require("classifier")  # pylint: disable=protected-access
-  gan._require("gan")  # pylint: disable=protected-access
+  for run, handle in ((classifier, inference.Classifier),
+                      (gan, inference.GAN)):
+    if not isinstance(run, handle):
+      raise UserError(f"checkpoint in {run.workdir} was written by the "
+                      f"'{run.trainer}' trainer, not a {handle.kind}")
+  entry = adversaries.get("unrestricted")
+  s = (attack if isinstance(attack, entry.settings)
+       else entry.evaluation_settings(attack, "attack.unrestricted"))
+  r = unrestricted_config()
+  r.update(dict(report_settings or {}))
   if classifier.config.dataset.name != gan.config.dataset.name:
     raise UserError(f"the classifier was trained on "
                     f"{classifier.config.dataset.name}, the GAN on "
@@ -172,34 +220,32 @@ def unrestricted(classifier: checkpoints.Restored, gan: checkpoints.Restored,
   if not gan.num_classes:
     raise UserError(f"the GAN in {gan.workdir} is unconditional; the latent "
                     f"attack needs a class-conditional AC-GAN")
-  if int(s.num_samples) <= 0 or int(s.batch_size) <= 0:
-    raise UserError("unrestricted.num_samples and .batch_size must be > 0")
+  if int(r.num_samples) <= 0 or int(r.batch_size) <= 0:
+    raise UserError("the unrestricted report's num_samples and batch_size "
+                    "must be > 0")
   aux_logits_fn = gan.aux_logits_fn()
   generate_fn = gan.generate_fn(ema=True)
   logits_fn = classifier.logits_fn()
   k = gan.num_classes
-  n = int(s.num_samples)
-  key = jax.random.key(int(s.seed))
+  n = int(r.num_samples)
+  key = jax.random.key(int(r.seed))
   source = (np.arange(n) % k).astype(np.int32)
-  z0_all = jax.random.normal(jax.random.fold_in(key, 0),
-                             (n, int(gan.config.model.latent_dim)))
+  z0_all = jax.random.normal(jax.random.fold_in(key, 0), (n, gan.latent_dim))
   target_all = None
   if s.targeted:
     shift = jax.random.randint(jax.random.fold_in(key, 1), (n,), 1, k)
     target_all = np.asarray((source + shift) % k, np.int32)
   parts = []
-  for b, i in enumerate(range(0, n, int(s.batch_size))):
-    sl = slice(i, i + int(s.batch_size))
+  for b, i in enumerate(range(0, n, int(r.batch_size))):
+    sl = slice(i, i + int(r.batch_size))
     z0, ys = z0_all[sl], jnp.asarray(source[sl])
     out = attacks.unrestricted_attack(
         generate_fn, aux_logits_fn, logits_fn, z0, ys,
         jax.random.fold_in(key, 2 + b),
         target_labels=None if target_all is None else target_all[sl],
-        num_steps=int(s.num_steps), learning_rate=float(s.learning_rate),
-        eps_z=float(s.eps_z), lambda_z=float(s.lambda_z),
-        lambda_aux=float(s.lambda_aux),
-        noise_eps=float(s.noise_eps) if s.noise else 0.0,
-        langevin=bool(s.langevin))
+        num_steps=s.num_steps, learning_rate=s.learning_rate, eps_z=s.eps_z,
+        lambda_z=s.lambda_z, lambda_aux=s.lambda_aux, noise_eps=s.noise_eps,
+        langevin=s.langevin)
     clean = generate_fn(z0, ys)
     parts.append({
         "clean": np.asarray(clean), "adv": np.asarray(out["images"]),
@@ -215,10 +261,8 @@ def unrestricted(classifier: checkpoints.Restored, gan: checkpoints.Restored,
   first = cat["first"][cat["success"]]
   order = np.arange(min(n, k, 10))  # one sample per class: 0, 1, ...
   result = {
-      "num_samples": n, "num_steps": int(s.num_steps),
-      "targeted": bool(s.targeted),
-      "settings": {k_: (v.item() if hasattr(v, "item") else v)
-                   for k_, v in s.items()},
+      "num_samples": n, "num_steps": s.num_steps, "targeted": s.targeted,
+      "settings": dataclasses.asdict(s),
       "classifier_accuracy_clean_samples": float(
           np.mean(cat["clean_pred"] == source)),
       "classifier_accuracy_attacked_samples": float(
@@ -276,7 +320,7 @@ def patch_config() -> ml_collections.ConfigDict:
       num_train_images=2000, seed=0))
 
 
-def patch(classifier: checkpoints.Restored,
+def patch(classifier: inference.Classifier,
           settings: ml_collections.ConfigDict, *, num_examples: int = 1000,
           batch_size: int = 250) -> dict[str, Any]:
   """A universal patch (Brown et al. 2017) trained on training images,
@@ -344,16 +388,14 @@ def write_report(out_dir: str, name: str, markdown: str,
 
 
 def _example_images(examples) -> dict[str, np.ndarray]:
-  """Per eps: clean row above, FGSM below, PGD at the bottom."""
-  out = {}
-  for e, (clean, x_fgsm, x_pgd) in examples.items():
-    stacked = np.concatenate([clean, x_fgsm, x_pgd])
-    out[f"robustness_eps{e:g}"] = image_grid(stacked, rows=3)
-  return out
+  """Per eps: the clean row on top, then one row per attack."""
+  return {f"robustness_eps{e:g}": image_grid(np.concatenate(rows),
+                                             rows=len(rows))
+          for e, rows in examples.items()}
 
 
-def gan_metrics(gan: checkpoints.Restored,
-                classifier: checkpoints.Restored | None = None, *,
+def gan_metrics(gan: inference.GAN,
+                classifier: inference.Classifier | None = None, *,
                 samples_per_class: int = 100, num_real: int = 2000,
                 fid_weights: str | None = None, inception: bool = True,
                 seed: int = 0, batch_size: int = 250) -> dict[str, Any]:
@@ -370,8 +412,7 @@ def gan_metrics(gan: checkpoints.Restored,
   num_classes = gan.num_classes
   classes = max(num_classes, 1)
   labels = np.repeat(np.arange(classes), samples_per_class).astype(np.int32)
-  z = jax.random.normal(jax.random.key(seed),
-                        (len(labels), int(gan.config.model.latent_dim)))
+  z = jax.random.normal(jax.random.key(seed), (len(labels), gan.latent_dim))
   fakes = np.concatenate([
       np.asarray(gan.generate(z[i:i + batch_size],
                               labels[i:i + batch_size] if num_classes
@@ -379,7 +420,6 @@ def gan_metrics(gan: checkpoints.Restored,
       for i in range(0, len(labels), batch_size)])
   result: dict[str, Any] = {"num_samples": int(len(fakes))}
   if classifier is not None:
-    classifier._require("classifier")  # pylint: disable=protected-access
     if classifier.config.dataset.name != gan.config.dataset.name:
       raise UserError(f"the classifier was trained on "
                       f"{classifier.config.dataset.name}, the GAN on "
@@ -391,10 +431,9 @@ def gan_metrics(gan: checkpoints.Restored,
                                                                labels))
     reals = np.concatenate([x for x, _ in eval_data(classifier, num_real,
                                                     batch_size)])
-    model, variables = classifier.model, classifier.variables
-    extractor = fid.FeatureExtractor(
-        lambda v, x: model.apply(v, x, train=False, return_features=True)[1],
-        variables, batch_size=batch_size)
+    extractor = fid.FeatureExtractor(classifier.features_fn(),
+                                     classifier.variables,
+                                     batch_size=batch_size)
     result["classifier_fid"] = fid.classifier_fid(extractor(reals),
                                                   extractor(fakes))
   if inception:
@@ -441,30 +480,49 @@ def gan_markdown(result: dict[str, Any]) -> str:
                    + [f"| {k} | {v} |" for k, v in rows]) + "\n"
 
 
+def attack_flags() -> ml_collections.ConfigDict:
+  """`--attack.<name>.<field>`: every adversary's evaluation settings."""
+  return ml_collections.ConfigDict({
+      name: dataclasses.asdict(entry.evaluation_defaults())
+      for name, entry in adversaries.ADVERSARIES.items()})
+
+
 def report(mode: str, workdir: str, out: str | None = None, *,
-           eps: tuple[float, ...] = (0.02, 0.05, 0.1), pgd_steps: int = 10,
+           eps: Sequence[float] = (0.02, 0.05, 0.1),
+           attack_names: Sequence[str] | None = None,
+           attack_settings: Mapping[str, Any] | None = None,
            num_examples: int = 1000, batch_size: int = 250,
            substitute_workdir: str | None = None,
            gan_workdir: str | None = None,
-           unrestricted_settings: ml_collections.ConfigDict | None = None,
-           patch_settings: ml_collections.ConfigDict | None = None,
+           unrestricted_settings: Mapping[str, Any] | None = None,
+           patch_settings: Mapping[str, Any] | None = None,
            classifier_workdir: str | None = None,
            samples_per_class: int = 100, fid_weights: str | None = None,
            inception: bool = True) -> str:
-  """Writes the `mode` report of `workdir` to `out`; returns its Markdown."""
+  """Writes the `mode` report of `workdir` to `out`; returns its Markdown.
+
+  `attack_settings[name]` overrides fields of adversary `name`'s evaluation
+  settings (the unrestricted section reads `attack_settings['unrestricted']`;
+  `unrestricted_settings` holds its sample count, batch size and seed).
+  """
   out = out or os.path.join(workdir, "eval")
+  attack_settings = dict(attack_settings or {})
   if mode == "robustness":
-    classifier = checkpoints.restore(workdir)
-    classifier._require("classifier")  # pylint: disable=protected-access
-    substitute = (checkpoints.restore(substitute_workdir)
+    classifier = inference.restore(workdir, kind="classifier")
+    substitute = (inference.restore(substitute_workdir, kind="classifier")
                   if substitute_workdir else None)
+    gan = (inference.restore(gan_workdir, kind="gan") if gan_workdir
+           else None)
     result = robustness(classifier, eps_list=[float(e) for e in eps],
-                        pgd_steps=pgd_steps, num_examples=num_examples,
-                        batch_size=batch_size, substitute=substitute)
+                        attack_names=attack_names,
+                        attack_settings=attack_settings,
+                        num_examples=num_examples, batch_size=batch_size,
+                        substitute=substitute)
     markdown = robustness_markdown(result)
     images = _example_images(result.pop("examples"))
-    if gan_workdir:
-      latent = unrestricted(classifier, checkpoints.restore(gan_workdir),
+    if gan is not None:
+      latent = unrestricted(classifier, gan,
+                            attack_settings.get("unrestricted"),
                             unrestricted_settings)
       images["unrestricted"] = latent.pop("grid")
       result["unrestricted"] = latent
@@ -479,9 +537,8 @@ def report(mode: str, workdir: str, out: str | None = None, *,
       result["patch"] = patched
       markdown += "\n" + patch_markdown(patched)
   elif mode == "gan":
-    gan = checkpoints.restore(workdir)
-    gan._require("gan")  # pylint: disable=protected-access
-    classifier = (checkpoints.restore(classifier_workdir)
+    gan = inference.restore(workdir, kind="gan")
+    classifier = (inference.restore(classifier_workdir, kind="classifier")
                   if classifier_workdir else None)
     result = gan_metrics(gan, classifier, samples_per_class=samples_per_class,
                          fid_weights=fid_weights, inception=inception)
@@ -493,21 +550,28 @@ def report(mode: str, workdir: str, out: str | None = None, *,
   return markdown
 
 
+def _floats(values: Sequence[str], name: str) -> list[float]:
+  try:
+    return [float(v) for v in values]
+  except ValueError:
+    raise UserError(f"--{name} takes numbers separated by commas, got "
+                    f"{','.join(values)!r}") from None
+
+
 def main(argv):
+  del argv  # one_line_errors refuses positional arguments
   from absl import flags  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
-  if len(argv) > 1:
-    raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not f.workdir:
-    raise UserError("--workdir is required")
+  if f.batch_size <= 0:
+    raise UserError(f"--batch_size must be > 0, got {f.batch_size}")
   out = f.out or os.path.join(f.workdir, "eval")
-  markdown = report(f.mode, f.workdir, out, eps=tuple(f.eps),
-                    pgd_steps=f.pgd_steps, num_examples=f.num_examples,
-                    batch_size=f.batch_size,
+  markdown = report(f.mode, f.workdir, out, eps=_floats(f.eps, "eps"),
+                    attack_names=f.attacks, attack_settings=f.attack.to_dict(),
+                    num_examples=f.num_examples, batch_size=f.batch_size,
                     substitute_workdir=f.substitute_workdir,
                     gan_workdir=f.gan_workdir,
-                    unrestricted_settings=f.unrestricted,
-                    patch_settings=f.patch,
+                    unrestricted_settings=f.unrestricted.to_dict(),
+                    patch_settings=f.patch.to_dict(),
                     classifier_workdir=f.classifier_workdir,
                     samples_per_class=f.samples_per_class,
                     fid_weights=f.fid_weights, inception=f.inception)
@@ -524,16 +588,24 @@ def _define_flags():
   flags.DEFINE_string("out", None, "Report folder (default <workdir>/eval).")
   flags.DEFINE_list("eps", ["0.02", "0.05", "0.1"],
                     "Attack budgets in [-1, 1] pixel units.")
-  flags.DEFINE_integer("pgd_steps", 10, "PGD iterations.")
+  flags.DEFINE_list("attacks", _default_attacks(),
+                    "--mode=robustness: norm-bounded adversaries to run "
+                    "(advjax.adversaries), a column each.")
+  config_flags.DEFINE_config_dict(
+      "attack", attack_flags(),
+      "Settings of each adversary, --attack.<name>.<field>.")
   flags.DEFINE_integer("num_examples", 1000, "Test images to attack (<=0: all).")
   flags.DEFINE_integer("batch_size", 250, "Batch size of the attacks.")
   flags.DEFINE_string("substitute_workdir", None,
                       "Classifier to craft transfer attacks on.")
   flags.DEFINE_string("gan_workdir", None,
                       "--mode=robustness: AC-GAN for the unrestricted "
-                      "(latent) attack; settings as --unrestricted.<key>.")
-  config_flags.DEFINE_config_dict("unrestricted", unrestricted_config(),
-                                  "Latent-attack settings.")
+                      "(latent) attack; settings as "
+                      "--attack.unrestricted.<field>.")
+  config_flags.DEFINE_config_dict(
+      "unrestricted", unrestricted_config(),
+      "The unrestricted report's samples: --unrestricted.num_samples, "
+      ".batch_size, .seed.")
   config_flags.DEFINE_config_dict(
       "patch", patch_config(),
       "--mode=robustness: adversarial patch settings; --patch.size=8 "

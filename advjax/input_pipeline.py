@@ -310,7 +310,7 @@ def _read(source, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
   return images, labels
 
 
-def augment_offsets(seed: int, step: int,
+def crop_flip_offsets(seed: int, step: int,
                     global_batch_size: int) -> tuple[np.ndarray, np.ndarray]:
   """Crop offsets [B, 2] in [0, 2*pad] and flips [B] of global step `step`.
 
@@ -397,12 +397,12 @@ class TrainIterator:
   """
 
   def __init__(self, source, *, global_batch_size: int, seed: int,
-               augment: bool = False, start_step: int = 0,
+               crop_flip: bool = False, start_step: int = 0,
                process_index: int | None = None,
                process_count: int | None = None, prefetch: int = 2):
     self._source = source
     self._seed = int(seed)
-    self._augment = bool(augment)
+    self._crop_flip = bool(crop_flip)
     self._global_batch_size = int(global_batch_size)
     self._process_index, self._process_count = _process(process_index,
                                                         process_count)
@@ -448,8 +448,8 @@ class TrainIterator:
     lo = start + self._process_index * self._host_batch_size
     indices = self._permutation(epoch)[lo:lo + self._host_batch_size]
     images, labels = _read(self._source, indices)
-    if self._augment:
-      offsets, flips = augment_offsets(self._seed, step,
+    if self._crop_flip:
+      offsets, flips = crop_flip_offsets(self._seed, step,
                                        self._global_batch_size)
       host = slice(lo - start, lo - start + self._host_batch_size)
       images = crop_and_flip(images, offsets[host], flips[host])

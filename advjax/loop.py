@@ -7,10 +7,17 @@ intervals log, evaluate and checkpoint. The loop never waits for the devices
 between those intervals: per-step metrics stay on the devices until a log
 step averages them.
 
-Non-finite losses: trainers wrap their update in `guard_nonfinite`, which
-keeps the old state once a loss is not finite and records the step in
-`state.bad_step`; the loop checks it at log and checkpoint steps and stops
-with `TrainingDiverged` naming that step, so no saved state is ever poisoned.
+Non-finite values: trainers wrap their update in `guard_nonfinite`, which
+keeps the old state once a loss, or any updated parameter or optimiser
+statistic, is not finite, and records the step in `state.bad_step`; the loop
+checks it at log and checkpoint steps and stops with `TrainingDiverged`
+naming that step, so no saved state is ever poisoned.
+
+Frozen models (a distillation teacher, the GAN that adversarial training
+samples from) are not part of the train state: a trainer hands their
+variables to the loop as `Task.frozen`, which replicates them once and passes
+them to every step as its fourth argument, `step(state, batch, rng, frozen)`.
+Checkpoints therefore hold only what training changes.
 """
 
 from __future__ import annotations
@@ -27,18 +34,30 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from advjax import checkpoints, input_pipeline, parallel
-from advjax.errors import TrainingDiverged
+from advjax import settings as settings_lib
+from advjax.errors import TrainingDiverged, UserError
 from advjax.metric_writers import MetricWriter
 from advjax.parallel import AXIS
 
 
-def guard_nonfinite(old: Any, new: Any, loss: jax.Array) -> Any:
-  """`new`, unless `loss` is not finite (or was before): then `old`.
+def all_finite(tree: Any) -> jax.Array:
+  """True when every floating-point entry of `tree` is finite (one fused
+  reduction under jit)."""
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
-  Works for any flax struct with `step` and `bad_step` fields. The step
-  counter always advances; `bad_step` keeps the first bad step.
+
+def guard_nonfinite(old: Any, new: Any, loss: jax.Array) -> Any:
+  """`new`, unless `loss` or any floating leaf of `new` is not finite (or
+  was before): then `old`.
+
+  Works for any flax struct with `step` and `bad_step` fields. Checking the
+  new state too catches an update that overflows while its loss was still
+  finite (a learning rate of 1e39, say). The step counter always advances;
+  `bad_step` keeps the first bad step.
   """
-  ok = jnp.isfinite(loss) & (old.bad_step < 0)
+  ok = jnp.isfinite(loss) & all_finite(new) & (old.bad_step < 0)
   kept = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
   bad_step = jnp.where(ok | (old.bad_step >= 0), old.bad_step, old.step)
   return kept.replace(step=old.step + 1, bad_step=bad_step.astype(jnp.int32))
@@ -122,6 +141,19 @@ def check_finite(state: Any, last_saved_step: int | None,
                            f"stopped and {kept}")
 
 
+def announce(line: str) -> None:
+  """Prints `advjax: <line>` once, on process 0."""
+  if jax.process_index() == 0:
+    print(f"advjax: {line}", flush=True)
+
+
+def describe_run(mesh: jax.sharding.Mesh, total_steps: int,
+                 batch_size: int) -> str:
+  """'<devices> device(s) on <hosts> host(s); <steps> steps of batch <b>'."""
+  return (f"{mesh.size} device(s) on {jax.process_count()} host(s); "
+          f"{total_steps} steps of batch {batch_size}")
+
+
 def format_duration(seconds: float) -> str:
   seconds = int(round(seconds))
   h, rem = divmod(seconds, 3600)
@@ -129,12 +161,43 @@ def format_duration(seconds: float) -> str:
   return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """The loop's top-level config fields, read once.
+
+  num_train_steps: > 0 overrides num_epochs; log_every_steps;
+  eval_every_steps (<= 0: once per epoch); progress_bar.
+  """
+  seed: int = 0
+  num_epochs: float = -1.0
+  num_train_steps: int = -1
+  log_every_steps: int = 100
+  eval_every_steps: int = -1
+  progress_bar: bool = True
+
+  def __post_init__(self):
+    if self.num_train_steps <= 0 and not self.num_epochs > 0:
+      raise UserError("num_train_steps or num_epochs must be > 0, got "
+                      f"{self.num_train_steps} and {self.num_epochs}")
+    settings_lib.check_positive(self, "log_every_steps")
+
+  def total_steps(self, steps_per_epoch: int) -> int:
+    """`num_train_steps` if positive, else `num_epochs` epochs."""
+    if self.num_train_steps > 0:
+      return self.num_train_steps
+    return max(int(math.ceil(self.num_epochs * steps_per_epoch)), 1)
+
+
+def read_settings(config: ml_collections.ConfigDict) -> Settings:
+  names = [f.name for f in dataclasses.fields(Settings)]
+  return settings_lib.from_block(
+      Settings, {k: config[k] for k in names if k in config}, "")
+
+
 def num_train_steps(config: ml_collections.ConfigDict,
                     steps_per_epoch: int) -> int:
   """`config.num_train_steps` if positive, else `num_epochs` epochs."""
-  if config.get("num_train_steps", -1) and config.num_train_steps > 0:
-    return int(config.num_train_steps)
-  return max(int(math.ceil(config.num_epochs * steps_per_epoch)), 1)
+  return read_settings(config).total_steps(steps_per_epoch)
 
 
 @dataclasses.dataclass
@@ -145,21 +208,26 @@ class Task:
     trainer: the trainer's name, saved in checkpoints (`restore` reads it).
     state: the initial train state on the host (a flax struct with `step`
       and `bad_step`).
-    step_fn: per-device `step(state, batch, rng) -> (state, metrics)`.
+    step_fn: per-device `step(state, batch, rng, frozen) -> (state,
+      metrics)`.
     batch_size: global examples consumed per step.
     train_source: the training data source.
-    evaluate: host-side `evaluate(state, step) -> metrics`; may write images.
+    evaluate: host-side `evaluate(state, step, writer) -> metrics`; may
+      write images with the run's `MetricWriter`.
     summary: `summary(eval_metrics) -> str`, the end of the final line.
     loss_key: the metric shown in the progress bar.
+    frozen: variables of frozen models the step reads but never updates
+      (host arrays; replicated once, passed to every step, never saved).
   """
   trainer: str
   state: Any
   step_fn: Callable[..., Any]
   batch_size: int
   train_source: Any
-  evaluate: Callable[[Any, int], dict[str, float]]
+  evaluate: Callable[[Any, int, MetricWriter], dict[str, float]]
   summary: Callable[[dict[str, float]], str]
   loss_key: str = "loss"
+  frozen: Any = dataclasses.field(default_factory=dict)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str, task: Task,
@@ -168,16 +236,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task,
   """Trains `task` to `total_steps`, resuming from `workdir`; returns the
   final evaluation metrics."""
   t_start = time.time() if t_start is None else t_start
+  s = read_settings(config)
+  ck = checkpoints.read_settings(config)
   is_main = jax.process_index() == 0
   state = parallel.replicate(task.state, mesh)
-  rng = parallel.replicate(
-      jax.random.fold_in(jax.random.key(config.seed), 1), mesh)
-
-  ck = config.checkpoint
-  ckpt = checkpoints.Checkpointer(
-      workdir, keep=ck.get("keep", 3), best_metric=ck.get("best_metric"),
-      best_mode=ck.get("best_mode", "max"),
-      async_save=ck.get("async_save", True))
+  rng = parallel.replicate(jax.random.fold_in(jax.random.key(s.seed), 1),
+                           mesh)
+  ckpt = checkpoints.Checkpointer(workdir, ck)
   start_step, last_saved = 0, None
   restored = ckpt.restore_latest(state)
   if restored is not None:
@@ -188,29 +253,30 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task,
       print(f"advjax: resumed from step {start_step} "
             f"({ckpt.directory}/{last_saved})", flush=True)
 
+  frozen = parallel.replicate(task.frozen, mesh)
   p_step = parallel.data_parallel(task.step_fn, mesh,
-                                  in_specs=(P(), P(AXIS), P()),
+                                  in_specs=(P(), P(AXIS), P(), P()),
                                   out_specs=(P(), P()), donate_argnums=(0,))
   meta_base = {"trainer": task.trainer,
                "config": checkpoints.config_to_json(config)}
   writer = MetricWriter(workdir, enabled=is_main)
   train_iter = input_pipeline.TrainIterator(
-      task.train_source, global_batch_size=task.batch_size, seed=config.seed,
-      augment=config.dataset.get("augment", False), start_step=start_step)
+      task.train_source, global_batch_size=task.batch_size, seed=s.seed,
+      crop_flip=config.dataset.get("crop_flip", False),
+      start_step=start_step)
   progress = Progress(total_steps, start_step, task.batch_size,
-                      enabled=is_main and config.get("progress_bar", True))
+                      enabled=is_main and s.progress_bar)
   buffer = MetricBuffer()
-  log_every = max(int(config.log_every_steps), 1)
-  eval_every = int(config.get("eval_every_steps", 0))
-  eval_every = eval_every if eval_every > 0 else steps_per_epoch
-  ckpt_every = int(ck.get("every_steps", 0))
-  ckpt_every = ckpt_every if ckpt_every > 0 else steps_per_epoch
+  log_every = s.log_every_steps
+  eval_every = s.eval_every_steps if s.eval_every_steps > 0 else (
+      steps_per_epoch)
+  ckpt_every = ck.every_steps if ck.every_steps > 0 else steps_per_epoch
   eval_metrics: dict[str, float] = {}
   step = start_step
   try:
     while step < total_steps:
       batch = parallel.shard_batch(next(train_iter), mesh)
-      state, metrics = p_step(state, batch, rng)
+      state, metrics = p_step(state, batch, rng, frozen)
       buffer.append(metrics)
       step += 1
       progress.update(step)
@@ -227,7 +293,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task,
             if math.isfinite(scalars["train/images_per_sec"]) else "-")
       did_eval = False
       if step % eval_every == 0 or is_last:
-        eval_metrics = task.evaluate(state, step)
+        eval_metrics = task.evaluate(state, step, writer)
         if eval_metrics:
           writer.write_scalars(step, eval_metrics)
           progress.write(f"step {step}: " + ", ".join(
@@ -248,7 +314,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task,
     writer.close()
 
   if not eval_metrics:  # resumed a finished run: evaluate what is there
-    eval_metrics = task.evaluate(state, step)
+    eval_metrics = task.evaluate(state, step, writer)
   if is_main:
     print(f"advjax: finished {total_steps} steps in "
           f"{format_duration(time.time() - t_start)}: "

@@ -7,6 +7,9 @@ a leading batch axis ([B] or [B, 1]); every loss returns a scalar, the mean
 over the batch. D(x) = sigmoid(d_real), D(G(z)) = sigmoid(d_fake).
 """
 
+from __future__ import annotations
+
+import dataclasses
 from typing import Callable
 
 import jax
@@ -43,7 +46,7 @@ def minimax_d_loss(d_real, d_fake, real_label: float = 1.0):
   """
   if (_is_concrete(real_label)
       and not 0. <= float(np.asarray(real_label)) <= 1.):
-    raise UserError(f'real_label must lie in [0, 1], got {real_label}.')
+    raise UserError(f"real_label must lie in [0, 1], got {real_label}.")
   return _sigmoid_ce(d_real, real_label) + _sigmoid_ce(d_fake, 0.)
 
 
@@ -118,7 +121,7 @@ def wasserstein_g_loss(c_fake):
 def clip_weights(params, c: float):
   """WGAN weight clipping (Arjovsky et al. 2017): every leaf to [-c, c]."""
   if _is_concrete(c) and np.any(np.asarray(c) < 0):
-    raise UserError(f'weight clipping bound c must be >= 0, got {c}.')
+    raise UserError(f"weight clipping bound c must be >= 0, got {c}.")
   return jax.tree_util.tree_map(lambda p: jnp.clip(p, -c, c), params)
 
 
@@ -141,12 +144,12 @@ def gradient_penalty(critic_fn: Callable[[jax.Array], jax.Array], real, fake,
   fake = jnp.asarray(fake)
   if real.shape != fake.shape:
     raise UserError(
-        f'gradient_penalty needs real and fake batches of the same shape, got '
-        f'{real.shape} and {fake.shape}.')
+        f"gradient_penalty needs real and fake batches of the same shape, got "
+        f"{real.shape} and {fake.shape}.")
   if real.ndim < 2:
     raise UserError(
-        f'gradient_penalty needs batched inputs [B, ...], got shape '
-        f'{real.shape}.')
+        f"gradient_penalty needs batched inputs [B, ...], got shape "
+        f"{real.shape}.")
   batch = real.shape[0]
   mix_shape = (batch,) + (1,) * (real.ndim - 1)
   e = jax.random.uniform(rng, mix_shape, real.dtype)
@@ -156,8 +159,8 @@ def gradient_penalty(critic_fn: Callable[[jax.Array], jax.Array], real, fake,
     scores = critic_fn(xs)
     if scores.size != batch:
       raise UserError(
-          f'critic_fn must return one score per sample ([B] or [B, 1] with '
-          f'B={batch}), got shape {scores.shape}.')
+          f"critic_fn must return one score per sample ([B] or [B, 1] with "
+          f"B={batch}), got shape {scores.shape}.")
     return jnp.sum(scores)
 
   grads = jax.grad(total_score)(x_hat)
@@ -172,37 +175,58 @@ def gradient_penalty(critic_fn: Callable[[jax.Array], jax.Array], real, fake,
 # --- Class-conditional terms -------------------------------------------------
 
 
-def classification_loss(logits, labels, label_smoothing: float = 0.):
-  """Mean softmax cross-entropy with integer labels.
+def cross_entropy(logits, labels, label_smoothing: float = 0.):
+  """Softmax cross-entropy of each example, [B] float32.
 
-  CE = -sum_k t_k log softmax(logits)_k with t = (1 - ls) onehot(y) + ls / K
-  (label smoothing, Szegedy et al. 2016; ls = 0 gives plain CE).
+  CE_i = -sum_k t_ik log softmax(logits_i)_k, with t_i the one-hot label
+  smoothed to (1 - ls) onehot(y_i) + ls / K (Szegedy et al. 2016; ls = 0 is
+  plain CE), or, when `labels` are already distributions [B, K] (soft
+  targets, e.g. a distillation teacher's), t_i = labels_i. Every cross-entropy
+  of the library (classifier losses, attacks, the AC-GAN class terms) is this
+  one.
+  """
+  logits = jnp.asarray(logits).astype(jnp.float32)
+  labels = jnp.asarray(labels)
+  if labels.ndim == logits.ndim:  # soft targets
+    targets = labels.astype(jnp.float32)
+  else:
+    num_classes = logits.shape[-1]
+    targets = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
+    if label_smoothing:
+      targets = (targets * (1. - label_smoothing)
+                 + label_smoothing / num_classes)
+  return -jnp.sum(targets * jax.nn.log_softmax(logits, axis=-1), axis=-1)
+
+
+def classification_loss(logits, labels, label_smoothing: float = 0.):
+  """Mean softmax cross-entropy with integer labels, inputs checked.
+
+  The mean over the batch of `cross_entropy` (Szegedy et al. 2016's label
+  smoothing when ls > 0). Malformed inputs (shapes, dtypes, labels outside
+  [0, K), ls outside [0, 1]) are one-line `UserError`s.
   """
   logits = jnp.asarray(logits, jnp.float32)
   labels = jnp.asarray(labels)
   if logits.ndim != 2 or labels.shape != logits.shape[:1]:
     raise UserError(
-        f'classification_loss expects logits [B, K] and integer labels [B], '
-        f'got shapes {logits.shape} and {labels.shape}.')
+        f"classification_loss expects logits [B, K] and integer labels [B], "
+        f"got shapes {logits.shape} and {labels.shape}.")
   if not jnp.issubdtype(labels.dtype, jnp.integer):
     raise UserError(
-        f'labels must be integer class indices, got dtype {labels.dtype}; for '
-        f'one-hot labels pass labels.argmax(-1).')
+        f"labels must be integer class indices, got dtype {labels.dtype}; for "
+        f"one-hot labels pass labels.argmax(-1).")
   num_classes = logits.shape[-1]
   if _is_concrete(labels) and labels.size:
     labels_np = np.asarray(labels)
     lo, hi = int(labels_np.min()), int(labels_np.max())
     if lo < 0 or hi >= num_classes:
       raise UserError(
-          f'labels must lie in [0, {num_classes}), got values in [{lo}, {hi}].')
+          f"labels must lie in [0, {num_classes}), got values in [{lo}, {hi}].")
   if (_is_concrete(label_smoothing)
       and not 0. <= float(np.asarray(label_smoothing)) <= 1.):
     raise UserError(
-        f'label_smoothing must lie in [0, 1], got {label_smoothing}.')
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  targets = jax.nn.one_hot(labels, num_classes, dtype=logits.dtype)
-  targets = (1. - label_smoothing) * targets + label_smoothing / num_classes
-  return -jnp.mean(jnp.sum(targets * logp, axis=-1))
+        f"label_smoothing must lie in [0, 1], got {label_smoothing}.")
+  return jnp.mean(cross_entropy(logits, labels, label_smoothing))
 
 
 def auxiliary_classifier_loss(logits, labels):
@@ -218,20 +242,25 @@ def auxiliary_classifier_loss(logits, labels):
 # --- Improved-GAN techniques (Salimans et al. 2016) --------------------------
 
 
-def feature_matching_loss(f_real, f_fake):
+def feature_matching_loss(f_real, f_fake, axis_name: str | None = None):
   """Feature matching (Salimans et al. 2016): ||E[f(x)] - E[f(G(z))]||_2^2.
 
   f_* are [B, ...] intermediate discriminator features; the means are over the
-  batch and the squared norm over all remaining axes.
+  batch (and, with `axis_name`, over the devices of a data-parallel step, so
+  that the expectation is over the global batch) and the squared norm over
+  all remaining axes.
   """
   f_real = jnp.asarray(f_real, jnp.float32)
   f_fake = jnp.asarray(f_fake, jnp.float32)
   if f_real.shape[1:] != f_fake.shape[1:]:
     raise UserError(
-        f'feature_matching_loss needs features of the same per-sample shape, '
-        f'got {f_real.shape} and {f_fake.shape}.')
-  diff = jnp.mean(f_real, axis=0) - jnp.mean(f_fake, axis=0)
-  return jnp.sum(jnp.square(diff))
+        f"feature_matching_loss needs features of the same per-sample shape, "
+        f"got {f_real.shape} and {f_fake.shape}.")
+  mean_real, mean_fake = jnp.mean(f_real, axis=0), jnp.mean(f_fake, axis=0)
+  if axis_name is not None:
+    mean_real = jax.lax.pmean(mean_real, axis_name)
+    mean_fake = jax.lax.pmean(mean_fake, axis_name)
+  return jnp.sum(jnp.square(mean_real - mean_fake))
 
 
 def historical_averaging_penalty(params, avg_params):
@@ -257,3 +286,69 @@ def update_historical_average(avg, params, step):
   return jax.tree_util.tree_map(
       lambda a, p: a * w_avg.astype(a.dtype) + p * w_new.astype(a.dtype),
       avg, params)
+
+
+# --- The adversarial objectives by name ---------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class AdversarialLoss:
+  """A GAN's adversarial objective: D minimises `d_loss(real, fake)` over its
+  scores on real and generated images, G minimises `g_loss(fake)`.
+
+  `probabilistic`: scores are logits, D(x) = sigmoid(score) (what the GAN
+  trainer logs as d_real/d_fake). `label_smoothing`: `d_loss` takes
+  `real_label` (one-sided label smoothing, Salimans et al. 2016).
+  """
+  d_loss: Callable[..., jax.Array]
+  g_loss: Callable[[jax.Array], jax.Array]
+  probabilistic: bool = False
+  label_smoothing: bool = False
+
+  def discriminator(self, real, fake, real_label: float = 1.):
+    """d_loss(real, fake), with the real target `real_label` if it has one."""
+    if self.label_smoothing:
+      return self.d_loss(real, fake, real_label=real_label)
+    return self.d_loss(real, fake)
+
+  def mean_output(self, scores) -> jax.Array:
+    """Mean D(x): a probability for probabilistic losses, else the score."""
+    if self.probabilistic:
+      return jnp.mean(jax.nn.sigmoid(scores))
+    return jnp.mean(scores)
+
+
+# name -> objective, for every trainer with a discriminator (the GAN and the
+# CycleGAN trainers); `register_adversarial_loss` adds one.
+ADVERSARIAL_LOSSES: dict[str, AdversarialLoss] = {}
+
+
+def register_adversarial_loss(name: str, d_loss, g_loss, *,
+                              probabilistic: bool = False,
+                              label_smoothing: bool = False) -> None:
+  """Makes `gan.loss` / `cyclegan.loss` == `name` use (d_loss, g_loss)."""
+  if name in ADVERSARIAL_LOSSES:
+    raise ValueError(f"adversarial loss '{name}' is already registered")
+  ADVERSARIAL_LOSSES[name] = AdversarialLoss(
+      d_loss, g_loss, probabilistic=probabilistic,
+      label_smoothing=label_smoothing)
+
+
+def adversarial_loss(name: str) -> AdversarialLoss:
+  """The registered objective `name`; a UserError lists the others."""
+  if name not in ADVERSARIAL_LOSSES:
+    raise UserError(f"adversarial loss '{name}' is not one of "
+                    f"{sorted(ADVERSARIAL_LOSSES)}")
+  return ADVERSARIAL_LOSSES[name]
+
+
+register_adversarial_loss("minimax", minimax_d_loss, minimax_g_loss,
+                          probabilistic=True, label_smoothing=True)
+register_adversarial_loss("nonsaturating", minimax_d_loss,
+                          nonsaturating_g_loss, probabilistic=True,
+                          label_smoothing=True)
+register_adversarial_loss("least_squares", least_squares_d_loss,
+                          least_squares_g_loss)
+register_adversarial_loss("hinge", hinge_d_loss, hinge_g_loss)
+register_adversarial_loss("wasserstein", wasserstein_d_loss,
+                          wasserstein_g_loss)

@@ -13,21 +13,13 @@ start the same command on every host.
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from advjax import parallel, trainers
 from advjax.errors import TrainingDiverged, UserError
-
-# Each trainer module has `train_and_evaluate(config, workdir)`.
-TRAINERS = {
-    "classifier": "advjax.train",
-    "distillation": "advjax.distillation",
-    "gan": "advjax.gan_train",
-    "cyclegan": "advjax.cyclegan_train",
-}
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -43,15 +35,6 @@ flags.DEFINE_bool("distributed_auto", False,
                   "(Cloud TPU pod slices, SLURM).")
 
 
-def run(config, workdir: str):
-  """Runs the trainer the config names; returns its final metrics."""
-  name = config.get("trainer", "classifier")
-  if name not in TRAINERS:
-    raise UserError(f"config.trainer '{name}' is not one of {sorted(TRAINERS)}")
-  module = importlib.import_module(TRAINERS[name])
-  return module.train_and_evaluate(config, workdir)
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -61,7 +44,6 @@ def main(argv):
     raise app.UsageError("--workdir=DIR is required")
   logging.set_verbosity(logging.ERROR)
   try:
-    from advjax import parallel  # pylint: disable=g-import-not-at-top
     dist = FLAGS.config.get("distributed") or {}
     parallel.initialize_distributed(
         FLAGS.coordinator_address or dist.get("coordinator_address") or None,
@@ -70,7 +52,7 @@ def main(argv):
         FLAGS.process_id if FLAGS.process_id is not None
         else dist.get("process_id"),
         auto=FLAGS.distributed_auto or bool(dist.get("auto", False)))
-    run(FLAGS.config, FLAGS.workdir)
+    trainers.run(FLAGS.config, FLAGS.workdir)
   except UserError as e:
     print(f"advjax: error: {e}", file=sys.stderr, flush=True)
     sys.exit(2)

@@ -1,51 +1,103 @@
-"""Optimisers and learning-rate schedules built from a config.
+"""Optimisers and learning-rate schedules, from a config block read once.
 
-`config.optimizer` holds:
+A config's `optimizer` block (`g_optimizer` / `d_optimizer` for two-player
+trainers) becomes an `OptimizerSettings`; its fields and defaults are the
+ones below, and `configs/common.py` builds config blocks from them:
+
   name: 'sgd' | 'adam' | 'adamw' | 'rmsprop'
-  learning_rate: peak rate
-  momentum, nesterov (sgd); b1, b2, eps (adam/adamw)
-  weight_decay: L2 penalty on kernels (sgd/adam: added to the gradient as in
-    the DenseNet recipe), decoupled for adamw
-  schedule: 'constant' | 'piecewise' | 'cosine' | 'linear'
-  boundaries: fractions of training for 'piecewise' (e.g. [0.5, 0.75])
-  decay_factor: multiplier at each boundary (e.g. 0.1)
+  learning_rate: peak rate (> 0)
+  momentum, nesterov (sgd); b1, b2, eps (adam, adamw); decay, eps (rmsprop)
+  weight_decay: L2 penalty on kernels (sgd, adam, rmsprop: added to the
+    gradient, as in the DenseNet recipe), decoupled for adamw
+  schedule: 'constant' | 'piecewise' | 'cosine' | 'linear' |
+    'constant_then_linear'
+  boundaries, decay_factor ('piecewise'): the rate is multiplied by
+    decay_factor at each boundary (fractions of training)
+  decay_start ('constant_then_linear'): constant, then linear decay to 0 from
+    this fraction of training (the CycleGAN recipe, 100 + 100 epochs)
   warmup_steps: linear warm-up from 0
+  grad_clip_norm: clip the global gradient norm first (0: off)
+
+`update` is the one optimiser step every trainer takes: average the
+gradients over devices, transform, apply.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import jax
-import ml_collections
 import optax
 
-from advjax.errors import UserError
+from advjax import settings as settings_lib
+from advjax.parallel import AXIS
 
-_OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
-_SCHEDULES = ("constant", "piecewise", "cosine", "linear")
+NAMES = ("sgd", "adam", "adamw", "rmsprop")
+SCHEDULES = ("constant", "piecewise", "cosine", "linear",
+             "constant_then_linear")
 
 
-def create_schedule(opt: ml_collections.ConfigDict,
+@dataclasses.dataclass(frozen=True)
+class OptimizerSettings:
+  """One optimiser's settings (see the module docstring)."""
+  name: str = "sgd"
+  learning_rate: float = 0.1
+  momentum: float = 0.9
+  nesterov: bool = False
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  decay: float = 0.9
+  weight_decay: float = 0.0
+  schedule: str = "constant"
+  boundaries: tuple[float, ...] = (0.5, 0.75)
+  decay_factor: float = 0.1
+  decay_start: float = 0.5
+  warmup_steps: int = 0
+  grad_clip_norm: float = 0.0
+
+  def __post_init__(self):
+    settings_lib.check_choice(self, "name", NAMES)
+    settings_lib.check_choice(self, "schedule", SCHEDULES)
+    settings_lib.check_positive(self, "learning_rate")
+    settings_lib.check_nonnegative(self, "momentum", "eps", "weight_decay",
+                                   "decay_factor", "warmup_steps",
+                                   "grad_clip_norm")
+    settings_lib.check_in_unit_interval(self, "b1", "b2", "decay",
+                                        "decay_start")
+
+
+def read(block: Any, where: str = "optimizer") -> OptimizerSettings:
+  """The settings of config block `where` (one-line errors on bad fields)."""
+  return settings_lib.from_block(OptimizerSettings, block, where)
+
+
+def create_schedule(opt: OptimizerSettings | Any,
                     num_train_steps: int) -> optax.Schedule:
   """The learning rate as a function of the step."""
+  opt = opt if isinstance(opt, OptimizerSettings) else read(opt)
   lr = float(opt.learning_rate)
-  kind = opt.get("schedule", "constant")
-  warmup = int(opt.get("warmup_steps", 0))
+  warmup = int(opt.warmup_steps)
   decay_steps = max(num_train_steps - warmup, 1)
-  if kind == "constant":
+  if opt.schedule == "constant":
     main = optax.constant_schedule(lr)
-  elif kind == "piecewise":
-    factor = float(opt.get("decay_factor", 0.1))
+  elif opt.schedule == "piecewise":
     boundaries = {
-        int(round(float(b) * num_train_steps)) - warmup: factor
-        for b in opt.get("boundaries", (0.5, 0.75))
+        int(round(float(b) * num_train_steps)) - warmup: opt.decay_factor
+        for b in opt.boundaries
     }
     main = optax.piecewise_constant_schedule(lr, boundaries)
-  elif kind == "cosine":
+  elif opt.schedule == "cosine":
     main = optax.cosine_decay_schedule(lr, decay_steps)
-  elif kind == "linear":
+  elif opt.schedule == "linear":
     main = optax.linear_schedule(lr, 0.0, decay_steps)
-  else:
-    raise UserError(f"optimizer.schedule '{kind}' is not one of {_SCHEDULES}")
+  else:  # constant_then_linear
+    start = int(round(opt.decay_start * num_train_steps))
+    main = optax.join_schedules(
+        [optax.constant_schedule(lr),
+         optax.linear_schedule(lr, 0.0, max(num_train_steps - start, 1))],
+        [start])
   if warmup:
     return optax.join_schedules(
         [optax.linear_schedule(0.0, lr, warmup), main], [warmup])
@@ -57,35 +109,37 @@ def _kernel_mask(params):
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def create_optimizer(opt: ml_collections.ConfigDict,
+def create_optimizer(opt: OptimizerSettings | Any,
                      num_train_steps: int) -> optax.GradientTransformation:
-  """An optax transformation for `config.optimizer`."""
-  name = opt.get("name", "sgd")
-  if name not in _OPTIMIZERS:
-    raise UserError(f"optimizer.name '{name}' is not one of {_OPTIMIZERS}")
+  """An optax transformation for the settings (or a config block)."""
+  opt = opt if isinstance(opt, OptimizerSettings) else read(opt)
   schedule = create_schedule(opt, num_train_steps)
-  wd = float(opt.get("weight_decay", 0.0))
+  wd = float(opt.weight_decay)
   parts = []
-  if name == "sgd":
-    if wd:
-      parts.append(optax.add_decayed_weights(wd, mask=_kernel_mask))
-    parts.append(optax.sgd(schedule, momentum=opt.get("momentum", 0.9) or None,
-                           nesterov=bool(opt.get("nesterov", False))))
-  elif name == "adam":
-    if wd:
-      parts.append(optax.add_decayed_weights(wd, mask=_kernel_mask))
-    parts.append(optax.adam(schedule, b1=opt.get("b1", 0.9),
-                            b2=opt.get("b2", 0.999), eps=opt.get("eps", 1e-8)))
-  elif name == "rmsprop":
-    if wd:
-      parts.append(optax.add_decayed_weights(wd, mask=_kernel_mask))
-    parts.append(optax.rmsprop(schedule, decay=opt.get("decay", 0.9),
-                               eps=opt.get("eps", 1e-8)))
+  if wd and opt.name != "adamw":
+    parts.append(optax.add_decayed_weights(wd, mask=_kernel_mask))
+  if opt.name == "sgd":
+    parts.append(optax.sgd(schedule, momentum=opt.momentum or None,
+                           nesterov=opt.nesterov))
+  elif opt.name == "adam":
+    parts.append(optax.adam(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps))
+  elif opt.name == "rmsprop":
+    parts.append(optax.rmsprop(schedule, decay=opt.decay, eps=opt.eps))
   else:
-    parts.append(optax.adamw(schedule, b1=opt.get("b1", 0.9),
-                             b2=opt.get("b2", 0.999), eps=opt.get("eps", 1e-8),
+    parts.append(optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps,
                              weight_decay=wd, mask=_kernel_mask))
-  grad_clip = opt.get("grad_clip_norm", None)
-  if grad_clip:
-    parts.insert(0, optax.clip_by_global_norm(float(grad_clip)))
+  if opt.grad_clip_norm:
+    parts.insert(0, optax.clip_by_global_norm(float(opt.grad_clip_norm)))
   return optax.chain(*parts)
+
+
+def update(tx: optax.GradientTransformation, params: Any, opt_state: Any,
+           grads: Any) -> tuple[Any, Any]:
+  """One optimiser step of per-device code: the gradients are averaged over
+  every device (`lax.pmean` over 'data'), transformed by `tx` and applied.
+
+  Returns (new params, new optimiser state).
+  """
+  grads = jax.lax.pmean(grads, AXIS)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state

@@ -12,17 +12,15 @@ With several devices, raise batch_size to a multiple of their number.
 
 import ml_collections
 
+from advjax import config_utils
+
+common = config_utils.sibling("common")
+
 
 def get_config() -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.trainer = "cyclegan"
-  config.seed = 0
-
-  config.dataset = ml_collections.ConfigDict()
-  config.dataset.name = "cycle_gan/horse2zebra"
-  config.dataset.data_dir = ""
+  config = common.experiment("cyclegan", "cycle_gan/horse2zebra",
+                             batch_size=1, num_epochs=200.0)
   config.dataset.image_size = 256  # both domains resized to this (0 = as is)
-  config.dataset.augment = False
   config.dataset.paired = False  # True: example i of A and of B are a pair
   # label >= 0 keeps only that class of the split.
   config.dataset.domain_a = ml_collections.ConfigDict(dict(
@@ -38,26 +36,17 @@ def get_config() -> ml_collections.ConfigDict:
       width=64, num_blocks=9, num_downsample=2))
   config.model.discriminator = ml_collections.ConfigDict(dict(
       width=64, num_layers=3))
-  config.dtype = "float32"
 
-  config.cyclegan = ml_collections.ConfigDict()
-  config.cyclegan.loss = "least_squares"  # or 'nonsaturating'
-  config.cyclegan.cycle_weight = 10.0
-  config.cyclegan.identity_weight = -1.0  # < 0: 0.5 x cycle_weight
-  config.cyclegan.supervised_weight = 0.0  # L1 to the paired target
-  config.cyclegan.pool_size = 50  # 0: no image pool
-  config.cyclegan.pool_prob = 0.5
+  # least_squares (or any registered loss), cycle weight 10, identity weight
+  # 0.5 x cycle (identity_weight < 0), pool of 50: advjax.trainers.cyclegan.
+  config.cyclegan = common.cyclegan()
 
-  config.batch_size = 1
-  config.num_epochs = 200.0
-  config.num_train_steps = -1  # > 0 overrides num_epochs
-
-  config.g_optimizer = ml_collections.ConfigDict(dict(
+  config.g_optimizer = common.optimizer(
       name="adam", learning_rate=2e-4, b1=0.5, b2=0.999,
-      schedule="constant_then_linear", decay_start=0.5))
-  config.d_optimizer = ml_collections.ConfigDict(dict(
+      schedule="constant_then_linear", decay_start=0.5)
+  config.d_optimizer = common.optimizer(
       name="adam", learning_rate=2e-4, b1=0.5, b2=0.999,
-      schedule="constant_then_linear", decay_start=0.5))
+      schedule="constant_then_linear", decay_start=0.5)
 
   config.sample = ml_collections.ConfigDict()
   config.sample.num_rows = 4  # test images in each translation grid
@@ -66,14 +55,6 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval.num_examples = 120  # test images per domain for the metrics
   config.eval.classifier_workdir = ""  # target-class rate of translations
 
-  config.log_every_steps = 100
   config.eval_every_steps = 5000
-  config.progress_bar = True
-
-  config.checkpoint = ml_collections.ConfigDict()
-  config.checkpoint.every_steps = 5000
-  config.checkpoint.keep = 3
-  config.checkpoint.best_metric = ""
-  config.checkpoint.best_mode = "max"
-  config.checkpoint.async_save = True
+  config.checkpoint = common.checkpoint(every_steps=5000)
   return config

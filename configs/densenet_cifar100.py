@@ -10,51 +10,22 @@ Examples" (about 0.8M parameters).
 
 import ml_collections
 
+from advjax import config_utils
+
+common = config_utils.sibling("common")
+
 
 def get_config() -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.trainer = "classifier"
-  config.seed = 0
-
-  config.dataset = ml_collections.ConfigDict()
-  config.dataset.name = "cifar100"
-  config.dataset.data_dir = ""  # '' = tfds default (~/tensorflow_datasets)
-  config.dataset.augment = True
-
-  config.model = ml_collections.ConfigDict()
-  config.model.name = "densenet"
-  config.model.depth = 100
-  config.model.growth_rate = 12
-  config.model.compression = 0.5
-  config.model.bottleneck = True
-  config.model.dropout_rate = 0.0
-  config.dtype = "float32"  # compute dtype; 'bfloat16' on TPU/GPU
-
-  config.batch_size = 64  # global, over all devices and hosts
+  config = common.experiment("classifier", "cifar100", batch_size=64,
+                             num_epochs=300.0, crop_flip=True)
+  config.model = ml_collections.ConfigDict(dict(
+      name="densenet", depth=100, growth_rate=12, compression=0.5,
+      bottleneck=True, dropout_rate=0.0))
   config.eval_batch_size = 500
-  config.num_epochs = 300.0
-  config.num_train_steps = -1  # > 0 overrides num_epochs
   config.label_smoothing = 0.0
-
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = "sgd"
-  config.optimizer.learning_rate = 0.1
-  config.optimizer.momentum = 0.9
-  config.optimizer.nesterov = True
-  config.optimizer.weight_decay = 1e-4
-  config.optimizer.schedule = "piecewise"
-  config.optimizer.boundaries = (0.5, 0.75)
-  config.optimizer.decay_factor = 0.1
-  config.optimizer.warmup_steps = 0
-
-  config.log_every_steps = 100
-  config.eval_every_steps = -1  # -1: once per epoch
-  config.progress_bar = True
-
-  config.checkpoint = ml_collections.ConfigDict()
-  config.checkpoint.every_steps = -1  # -1: once per epoch
-  config.checkpoint.keep = 3
-  config.checkpoint.best_metric = "eval/accuracy"
-  config.checkpoint.best_mode = "max"
-  config.checkpoint.async_save = True
+  config.optimizer = common.optimizer(
+      name="sgd", learning_rate=0.1, momentum=0.9, nesterov=True,
+      weight_decay=1e-4, schedule="piecewise", boundaries=(0.5, 0.75),
+      decay_factor=0.1)
+  config.checkpoint = common.checkpoint(best_metric="eval/accuracy")
   return config

@@ -8,46 +8,21 @@ Debian's `dataset-fashion-mnist` files. Expect about 91-92% test accuracy.
 
 import ml_collections
 
+from advjax import config_utils
+
+common = config_utils.sibling("common")
+
 
 def get_config() -> ml_collections.ConfigDict:
-  config = ml_collections.ConfigDict()
-  config.trainer = "classifier"
-  config.seed = 0
-
-  config.dataset = ml_collections.ConfigDict()
-  config.dataset.name = "fashion_mnist"
-  config.dataset.data_dir = ""
-  config.dataset.augment = False
-
-  config.model = ml_collections.ConfigDict()
-  config.model.name = "cnn"
-  config.model.widths = (32, 64)
-  config.model.convs_per_stage = 1
-  config.model.hidden = 128
-  config.model.dropout_rate = 0.3
-  config.dtype = "float32"
-
-  config.batch_size = 128
+  config = common.experiment("classifier", "fashion_mnist", batch_size=128,
+                             num_epochs=5.0)
+  config.model = ml_collections.ConfigDict(dict(
+      name="cnn", widths=(32, 64), convs_per_stage=1, hidden=128,
+      dropout_rate=0.3))
   config.eval_batch_size = 1000
-  config.num_epochs = 5.0
-  config.num_train_steps = -1
   config.label_smoothing = 0.0
-
-  config.optimizer = ml_collections.ConfigDict()
-  config.optimizer.name = "adam"
-  config.optimizer.learning_rate = 2e-3
-  config.optimizer.weight_decay = 0.0
-  config.optimizer.schedule = "cosine"
-  config.optimizer.warmup_steps = 100
-
+  config.optimizer = common.optimizer(name="adam", learning_rate=2e-3,
+                                      schedule="cosine", warmup_steps=100)
   config.log_every_steps = 50
-  config.eval_every_steps = -1
-  config.progress_bar = True
-
-  config.checkpoint = ml_collections.ConfigDict()
-  config.checkpoint.every_steps = -1
-  config.checkpoint.keep = 2
-  config.checkpoint.best_metric = "eval/accuracy"
-  config.checkpoint.best_mode = "max"
-  config.checkpoint.async_save = True
+  config.checkpoint = common.checkpoint(keep=2, best_metric="eval/accuracy")
   return config

@@ -1,34 +1,35 @@
 """The study "Adversarial training with Unrestricted Adversarial Examples" on
 CIFAR-100: DenseNet-BC-100 (k=12, configs/densenet_cifar100.py) trained with
-one kind of augmentation, chosen after the colon:
+one kind of adversarial training, chosen after the colon:
 
   python -m advjax.main --config=configs/study_cifar100.py:fgsm \
       --workdir=/tmp/advjax/study_cifar100_fgsm
 
-Modes: none, fgsm, pgd, gan, unrestricted (see `advjax.augment`). Half of
+Modes: none and every adversary of `advjax.adversaries` that trains (fgsm,
+pgd, gan, unrestricted, ...; see `advjax.adversarial_training`). Half of
 each batch (prop 0.5) is replaced by the mode's examples, weighted 0.3 in the
 loss (Kurakin et al. 2017). fgsm/pgd: L-inf eps 0.1 in [-1, 1] units; pgd 7
 steps of 0.025 (Madry et al. 2018's CIFAR recipe). gan and unrestricted
 sample the AC-WGAN-GP of configs/acgan_cifar100.py: train it first and point
-`--config.augment.gan_workdir` at its workdir (the path below is a
+`--config.adversarial_training.gan_workdir` at its workdir (the path below is a
 placeholder). unrestricted runs 500 latent steps per batch (Song et al.
 2018), which makes it by far the slowest mode.
 """
 
 import ml_collections
 
-from advjax import augment, config_utils
+from advjax import adversaries, config_utils
 from advjax.errors import UserError
 
-MODES = ("none", "fgsm", "pgd", "gan", "unrestricted")
+common = config_utils.sibling("common")
 
 
 def get_config(mode: str = "none") -> ml_collections.ConfigDict:
-  if mode not in MODES:
-    raise UserError(f"study mode {mode!r} is not one of {MODES}; pass it as "
+  if mode not in adversaries.training_modes():
+    raise UserError(f"study mode {mode!r} is not one of "
+                    f"{adversaries.training_modes()}; pass it as "
                     f"--config=<this file>:<mode>")
   config = config_utils.base("densenet_cifar100")
-  config.augment = ml_collections.ConfigDict(dict(augment.DEFAULTS))
-  config.augment.mode = mode
-  config.augment.gan_workdir = "/tmp/advjax/acgan_cifar100"  # placeholder
+  config.adversarial_training = common.adversarial_training(
+      mode, gan_workdir="/tmp/advjax/acgan_cifar100")  # placeholder path
   return config

@@ -1,14 +1,17 @@
-"""The augmentation study (configs/study_cifar100.py) shrunk to Fashion-MNIST
-and a 2-core CPU: the quickstart CNN for one epoch, one mode per run:
+"""The adversarial-training study (configs/study_cifar100.py) shrunk to
+Fashion-MNIST and a 2-core CPU: the quickstart CNN for one epoch, one mode
+per run:
 
   python -m advjax.main --config=configs/study_fashion_mnist.py:pgd \
       --workdir=/tmp/advjax/study_fm_pgd
 
-Modes: none, fgsm, pgd, gan, unrestricted (see `advjax.augment`); half of
-each batch replaced, weight 0.3, as in the study. fgsm/pgd: L-inf eps 0.2 in
-[-1, 1] units (0.1 of the [0, 1] range, the usual Fashion-MNIST budget).
-gan and unrestricted sample the AC-GAN of configs/quickstart_gan.py: train it
-first with --workdir=/tmp/advjax/gan (or set --config.augment.gan_workdir).
+Modes: none and every adversary of `advjax.adversaries` that trains (see
+`advjax.adversarial_training`); half of each batch replaced, weight 0.3, as
+in the study. fgsm/pgd: L-inf eps 0.2 in [-1, 1] units (0.1 of the [0, 1]
+range, the usual Fashion-MNIST budget). gan and unrestricted sample the
+AC-GAN of configs/quickstart_gan.py: train it first with
+--workdir=/tmp/advjax/gan (or set
+--config.adversarial_training.gan_workdir).
 
 CPU compromises: one epoch (468 steps) instead of the study's schedule; pgd
 takes 3 steps of 0.1 (eps / 2) rather than 7 of eps / 4; unrestricted runs 8
@@ -19,15 +22,16 @@ average). Times measured here: see experiments/results/.
 
 import ml_collections
 
-from advjax import augment, config_utils
+from advjax import adversaries, config_utils
 from advjax.errors import UserError
 
-MODES = ("none", "fgsm", "pgd", "gan", "unrestricted")
+common = config_utils.sibling("common")
 
 
 def get_config(mode: str = "none") -> ml_collections.ConfigDict:
-  if mode not in MODES:
-    raise UserError(f"study mode {mode!r} is not one of {MODES}; pass it as "
+  if mode not in adversaries.training_modes():
+    raise UserError(f"study mode {mode!r} is not one of "
+                    f"{adversaries.training_modes()}; pass it as "
                     f"--config=<this file>:<mode>")
   config = config_utils.base("quickstart")
   config.num_epochs = 1.0
@@ -35,13 +39,12 @@ def get_config(mode: str = "none") -> ml_collections.ConfigDict:
   # Test accuracy and accuracy on AC-GAN samples (with eval.gan_workdir set,
   # as experiments/study.py does) every 50 steps: the curves of the study.
   config.eval_every_steps = 50
-  config.augment = ml_collections.ConfigDict(dict(augment.DEFAULTS))
-  config.augment.mode = mode
-  config.augment.eps = 0.2
-  config.augment.pgd_steps = 3
-  config.augment.pgd_step_size = 0.1
-  config.augment.gan_workdir = "/tmp/advjax/gan"
+  adv = common.adversarial_training(mode, gan_workdir="/tmp/advjax/gan")
+  adv.fgsm.eps = adv.pgd.eps = 0.2
+  adv.pgd.num_steps = 3
+  adv.pgd.rel_step_size = 0.5
   if mode == "unrestricted":
-    config.augment.latent_steps = 8
-    config.augment.latent_lr = 0.5
+    adv.unrestricted.num_steps = 8
+    adv.unrestricted.learning_rate = 0.5
+  config.adversarial_training = adv
   return config

@@ -24,7 +24,8 @@ from jax.sharding import PartitionSpec as P
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from advjax import config_utils, input_pipeline, models, parallel, train  # pylint: disable=g-import-not-at-top
+from advjax import config_utils, input_pipeline, models, parallel  # pylint: disable=g-import-not-at-top
+from advjax.trainers import classifier as train  # pylint: disable=g-import-not-at-top
 
 CLASSIFIER_CONFIGS = ("quickstart", "densenet_cifar10", "densenet_cifar100")
 

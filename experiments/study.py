@@ -1,4 +1,4 @@
-"""The study, end to end: does augmenting a classifier's training with FGSM
+"""The study, end to end: does training a classifier with FGSM or PGD
 examples, AC-GAN samples or unrestricted adversarial examples change its
 accuracy and robustness, compared with plain training?
 
@@ -6,11 +6,14 @@ accuracy and robustness, compared with plain training?
 
 1. trains the AC-GAN of `--gan_config` (or uses `--gan_workdir`);
 2. trains one classifier per mode of `--classifier_config` ('path.py' whose
-   `get_config(mode)` gives each mode's config, with `augment.gan_workdir`
-   pointing at the GAN) and, during training, logs its accuracy on a fixed
-   set of AC-GAN samples (`eval/gan_sample_accuracy`);
-3. evaluates each classifier: clean test accuracy, FGSM and PGD accuracy at
-   `--eps`, accuracy on clean AC-GAN samples and on unrestricted adversarial
+   `get_config(mode)` gives each mode's config, with
+   `adversarial_training.gan_workdir` pointing at the GAN) and, during
+   training, logs its accuracy on a fixed set of AC-GAN samples
+   (`eval/gan_sample_accuracy`); the modes are 'none' and every adversary of
+   `advjax.adversaries` that trains;
+3. evaluates each classifier: clean test accuracy, accuracy under each
+   attack of `--attacks` at `--eps` (settings `--attack.<name>.<field>`),
+   accuracy on clean AC-GAN samples and on unrestricted adversarial
    examples made against that very classifier (`advjax.evaluate`);
 4. writes `<workdir>/study.md` and `study.csv` (the comparison table),
    `accuracy_curves.png` (test accuracy and accuracy on generated samples over
@@ -23,7 +26,9 @@ top. Each finished part leaves a `study_done.json` and is not redone when the
 command is rerun; an interrupted training run resumes from its checkpoint.
 Any config field can be changed for every classifier with
 `--classifier_override=key=value` (repeatable) and for the GAN with
-`--gan_override=key=value`; the latent attack with `--unrestricted.<key>`.
+`--gan_override=key=value`; the latent attack with
+`--attack.unrestricted.<field>` and its sample count with
+`--unrestricted.num_samples`.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import json
 import os
 import sys
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
 
@@ -41,22 +46,31 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run as a script from a clone without installing
   sys.path.insert(0, ROOT)
 
-from advjax import checkpoints, config_utils, evaluate, main  # pylint: disable=wrong-import-position
+from advjax import (adversaries, checkpoints, config_utils, evaluate,  # pylint: disable=wrong-import-position
+                    inference, trainers)
 from advjax.errors import UserError, one_line_errors  # pylint: disable=wrong-import-position
+from advjax.metric_writers import read_metrics  # pylint: disable=wrong-import-position
 
-MODES = ("none", "fgsm", "pgd", "gan", "unrestricted")
 DONE = "study_done.json"
+DEFAULT_ATTACKS = ("fgsm", "pgd")
 
-COLUMNS = (
-    ("mode", "mode", None),
-    ("clean_accuracy", "clean test accuracy", "pct"),
-    ("fgsm_accuracy", "FGSM accuracy", "pct"),
-    ("pgd_accuracy", "PGD accuracy", "pct"),
-    ("gan_sample_accuracy", "accuracy on AC-GAN samples", "pct"),
-    ("unrestricted_accuracy", "accuracy on unrestricted examples", "pct"),
-    ("unrestricted_success", "unrestricted attack success", "pct"),
-    ("train_minutes", "training minutes", "min"),
-)
+
+def study_modes() -> list[str]:
+  """The study's modes: 'none' and every adversary that trains."""
+  return adversaries.training_modes()
+
+
+def columns(attack_names: Sequence[str]) -> list[tuple[str, str, str | None]]:
+  """(key, title, format) of the table: one accuracy column per attack."""
+  return ([("mode", "mode", None),
+           ("clean_accuracy", "clean test accuracy", "pct")]
+          + [(f"{n}_accuracy", f"{adversaries.get(n).label} accuracy", "pct")
+             for n in attack_names]
+          + [("gan_sample_accuracy", "accuracy on AC-GAN samples", "pct"),
+             ("unrestricted_accuracy", "accuracy on unrestricted examples",
+              "pct"),
+             ("unrestricted_success", "unrestricted attack success", "pct"),
+             ("train_minutes", "training minutes", "min")])
 
 
 def _read_done(workdir: str) -> dict[str, Any] | None:
@@ -114,7 +128,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, what: str,
     return done
   log(f"{what}: training in {workdir}")
   t0 = time.time()
-  metrics = main.run(config, workdir)
+  metrics = trainers.run(config, workdir)
   done = {"metrics": {k: float(v) for k, v in metrics.items()},
           "train_seconds": time.time() - t0}
   _write_done(workdir, done)
@@ -122,39 +136,35 @@ def _train(config: ml_collections.ConfigDict, workdir: str, what: str,
 
 
 def _history(workdir: str, key: str) -> tuple[list[int], list[float]]:
-  steps, values = [], []
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.isfile(path):
-    return steps, values
-  with open(path, encoding="utf-8") as f:
-    for line in f:
-      record = json.loads(line)
-      if key in record:
-        steps.append(int(record["step"]))
-        values.append(float(record[key]))
-  return steps, values
+  records = [r for r in read_metrics(workdir) if key in r]
+  return [int(r["step"]) for r in records], [float(r[key]) for r in records]
 
 
 def evaluate_classifier(classifier_dir: str, gan_dir: str, *, eps: float,
-                        pgd_steps: int, num_examples: int,
-                        unrestricted: ml_collections.ConfigDict
-                        ) -> dict[str, Any]:
+                        attack_names: Sequence[str],
+                        attack_settings: Mapping[str, Any],
+                        num_examples: int,
+                        unrestricted: Mapping[str, Any]) -> dict[str, Any]:
   """The study's numbers for one trained classifier."""
-  classifier = checkpoints.restore(classifier_dir)
-  gan = checkpoints.restore(gan_dir)
-  robust = evaluate.robustness(classifier, eps_list=[eps], pgd_steps=pgd_steps,
+  classifier = inference.restore(classifier_dir, kind="classifier")
+  gan = inference.restore(gan_dir, kind="gan")
+  robust = evaluate.robustness(classifier, eps_list=[eps],
+                               attack_names=attack_names,
+                               attack_settings=attack_settings,
                                num_examples=num_examples,
                                batch_size=min(250, max(num_examples, 1)))
-  latent = evaluate.unrestricted(classifier, gan, unrestricted)
+  latent = evaluate.unrestricted(classifier, gan,
+                                 attack_settings.get("unrestricted"),
+                                 unrestricted)
   grid = latent.pop("grid")
   row = robust["rows"][0]
   return {
       "clean_accuracy": robust["clean_accuracy"],
-      "fgsm_accuracy": row["fgsm_accuracy"],
-      "pgd_accuracy": row.get("pgd_accuracy", float("nan")),
+      **{f"{n}_accuracy": row[f"{n}_accuracy"] for n in attack_names},
       "gan_sample_accuracy": latent["classifier_accuracy_clean_samples"],
       "unrestricted_accuracy": latent["classifier_accuracy_attacked_samples"],
       "unrestricted_success": latent["success_rate"],
+      "attack_settings": robust["settings"],
       "unrestricted": latent,
       "num_examples": robust["num_examples"],
   }, grid
@@ -168,22 +178,30 @@ def _format(value: Any, kind: str | None) -> str:
   return str(value)
 
 
-def write_table(rows: list[dict[str, Any]], out_dir: str, *, eps: float,
-                pgd_steps: int, num_examples: int, unrestricted_steps: int,
+def write_table(rows: list[dict[str, Any]], out_dir: str, *,
+                attack_names: Sequence[str], eps: float, num_examples: int,
+                attack_settings: Mapping[str, Any], unrestricted_steps: int,
                 command: str) -> str:
   """study.md and study.csv from one result row per mode."""
-  header = "| " + " | ".join(title for _, title, _ in COLUMNS) + " |"
+  cols = columns(attack_names)
+  described = "; ".join(
+      f"{adversaries.get(n).label}: " + ", ".join(
+          f"{k} {v}" for k, v in attack_settings.get(n, {}).items())
+      for n in attack_names if attack_settings.get(n))
+  header = "| " + " | ".join(title for _, title, _ in cols) + " |"
   lines = [
-      "# Augmented training: the study's comparison", "",
-      f"Clean, FGSM and PGD accuracy on {num_examples} test images "
-      f"(L-inf eps {eps:g} in [-1, 1] units; PGD {pgd_steps} steps); "
+      "# Adversarial training: the study's comparison", "",
+      f"Clean accuracy and accuracy under "
+      f"{', '.join(adversaries.get(n).label for n in attack_names)} on "
+      f"{num_examples} test images (L-inf eps {eps:g} in [-1, 1] units"
+      + (f"; {described}" if described else "") + "); "
       f"accuracy on class-conditional AC-GAN samples and on unrestricted "
       f"adversarial examples ({unrestricted_steps} latent steps) made against "
       f"each classifier.", "",
-      header, "|" + " --- |" * len(COLUMNS)]
+      header, "|" + " --- |" * len(cols)]
   for r in rows:
     lines.append("| " + " | ".join(_format(r[k], kind)
-                                   for k, _, kind in COLUMNS) + " |")
+                                   for k, _, kind in cols) + " |")
   lines += ["", f"Command: `{command}`", ""]
   markdown = "\n".join(lines)
   with open(os.path.join(out_dir, "study.md"), "w", encoding="utf-8") as f:
@@ -191,9 +209,9 @@ def write_table(rows: list[dict[str, Any]], out_dir: str, *, eps: float,
   with open(os.path.join(out_dir, "study.csv"), "w", newline="",
             encoding="utf-8") as f:
     writer = csv.writer(f)
-    writer.writerow([k for k, _, _ in COLUMNS])
+    writer.writerow([k for k, _, _ in cols])
     for r in rows:
-      writer.writerow([r[k] for k, _, _ in COLUMNS])
+      writer.writerow([r[k] for k, _, _ in cols])
   return markdown
 
 
@@ -222,21 +240,30 @@ def plot_curves(curves: dict[str, dict[str, tuple[list, list]]],
 
 
 def run_study(workdir: str, *, gan_config: str, classifier_config: str,
-              modes: Sequence[str] = MODES, gan_workdir: str | None = None,
+              modes: Sequence[str] | None = None,
+              gan_workdir: str | None = None,
               gan_overrides: Sequence[str] = (),
               classifier_overrides: Sequence[str] = (), eps: float = 0.2,
-              pgd_steps: int = 10, num_examples: int = 10000,
-              unrestricted: ml_collections.ConfigDict | None = None,
+              attack_names: Sequence[str] = DEFAULT_ATTACKS,
+              attack_settings: Mapping[str, Any] | None = None,
+              num_examples: int = 10000,
+              unrestricted: Mapping[str, Any] | None = None,
               command: str = "", log: Callable[[str], None] = print
               ) -> list[dict[str, Any]]:
-  """Runs (or resumes) the whole study; returns one result row per mode."""
+  """Runs (or resumes) the whole study; returns one result row per mode.
+
+  `attack_settings[name]` overrides fields of adversary `name`'s
+  evaluation settings ('unrestricted': the latent attack of the table);
+  `unrestricted` holds the latent report's sample count, batch and seed.
+  """
   from advjax.metric_writers import save_png  # pylint: disable=g-import-not-at-top
-  bad = [m for m in modes if m not in MODES]
+  modes = list(modes if modes is not None else study_modes())
+  bad = [m for m in modes if m not in study_modes()]
   if bad:
-    raise UserError(f"unknown mode(s) {bad}; modes are {list(MODES)}")
-  settings = evaluate.unrestricted_config()
-  if unrestricted is not None:
-    settings.update(dict(unrestricted))
+    raise UserError(f"unknown mode(s) {bad}; modes are {study_modes()}")
+  attack_settings = {k: dict(v) for k, v in (attack_settings or {}).items()}
+  latent_steps = adversaries.get("unrestricted").evaluation_settings(
+      attack_settings.get("unrestricted")).num_steps
   os.makedirs(workdir, exist_ok=True)
   if gan_workdir:
     if not checkpoints.available_steps(gan_workdir):
@@ -253,7 +280,7 @@ def run_study(workdir: str, *, gan_config: str, classifier_config: str,
   for mode in modes:
     mode_dir = os.path.join(workdir, "classifiers", mode)
     config = config_utils.load(f"{classifier_config}:{mode}")
-    config.augment.gan_workdir = gan_dir
+    config.adversarial_training.gan_workdir = gan_dir
     if "eval" not in config:
       config.eval = ml_collections.ConfigDict()
     config.eval.gan_workdir = gan_dir
@@ -265,11 +292,12 @@ def run_study(workdir: str, *, gan_config: str, classifier_config: str,
         results = json.load(f)
       log(f"classifier '{mode}': already evaluated")
     else:
-      log(f"classifier '{mode}': evaluating (FGSM, PGD, GAN samples, "
-          f"{settings.num_steps}-step latent attack)")
+      log(f"classifier '{mode}': evaluating ({', '.join(attack_names)}, GAN "
+          f"samples, {latent_steps}-step latent attack)")
       results, grid = evaluate_classifier(
-          mode_dir, gan_dir, eps=eps, pgd_steps=pgd_steps,
-          num_examples=num_examples, unrestricted=settings)
+          mode_dir, gan_dir, eps=eps, attack_names=attack_names,
+          attack_settings=attack_settings, num_examples=num_examples,
+          unrestricted=unrestricted or {})
       save_png(grid, os.path.join(workdir, f"unrestricted_{mode}.png"))
       with open(results_path, "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2)
@@ -278,10 +306,10 @@ def run_study(workdir: str, *, gan_config: str, classifier_config: str,
     curves[mode] = {k: _history(mode_dir, k) for k in
                     ("eval/accuracy", "eval/gan_sample_accuracy")}
   num = rows[0]["num_examples"] if rows else 0
-  markdown = write_table(rows, workdir, eps=eps, pgd_steps=pgd_steps,
-                         num_examples=num,
-                         unrestricted_steps=int(settings.num_steps),
-                         command=command)
+  markdown = write_table(
+      rows, workdir, attack_names=attack_names, eps=eps, num_examples=num,
+      attack_settings=rows[0].get("attack_settings", {}) if rows else {},
+      unrestricted_steps=latent_steps, command=command)
   plot_curves(curves, os.path.join(workdir, "accuracy_curves.png"))
   log(markdown)
   return rows
@@ -295,12 +323,14 @@ PRESETS = {
         gan_overrides=["num_epochs=1.0", "eval_every_steps=1000"],
         classifier_overrides=["num_epochs=0.5", "eval_every_steps=25"],
         num_examples=1000,
-        unrestricted=dict(num_samples=128, num_steps=100)),
+        attack_settings={"unrestricted": {"num_steps": 100}},
+        unrestricted=dict(num_samples=128)),
 }
 
 
 def preset_settings(preset: str, *, num_examples: int | None = None,
-                    unrestricted: dict[str, Any] | None = None,
+                    attack_settings: Mapping[str, Any] | None = None,
+                    unrestricted: Mapping[str, Any] | None = None,
                     gan_overrides: Sequence[str] = (),
                     classifier_overrides: Sequence[str] = ()
                     ) -> dict[str, Any]:
@@ -309,22 +339,25 @@ def preset_settings(preset: str, *, num_examples: int | None = None,
     raise UserError(f"unknown preset '{preset}'; presets are "
                     f"{sorted(PRESETS)}")
   p = PRESETS[preset]
-  settings = evaluate.unrestricted_config()
-  settings.update(p.get("unrestricted", {}))
-  settings.update(unrestricted or {})
+  attacks = {k: dict(v) for k, v in p.get("attack_settings", {}).items()}
+  for name, fields in (attack_settings or {}).items():
+    attacks.setdefault(name, {}).update(fields)
+  report = evaluate.unrestricted_config().to_dict()
+  report.update(p.get("unrestricted", {}))
+  report.update(unrestricted or {})
   return dict(
       gan_overrides=list(p.get("gan_overrides", [])) + list(gan_overrides),
       classifier_overrides=(list(p.get("classifier_overrides", []))
                             + list(classifier_overrides)),
       num_examples=(num_examples if num_examples is not None
                     else p.get("num_examples", 10000)),
-      unrestricted=settings)
+      attack_settings=attacks, unrestricted=report)
 
 
 def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  # --workdir (the folder of the whole study) is advjax.main's flag.
+  flags.DEFINE_string("workdir", None, "The folder of the whole study.")
   flags.DEFINE_string("gan_config",
                       os.path.join(ROOT, "configs", "quickstart_gan.py"),
                       "AC-GAN config (trained unless --gan_workdir).")
@@ -336,39 +369,53 @@ def _define_flags():
                     "'small': a shorter GAN and classifiers, fewer test "
                     "images and latent steps (about 24 minutes on 2 CPU "
                     "cores).")
-  flags.DEFINE_list("modes", list(MODES), "Modes to train and compare.")
+  flags.DEFINE_list("modes", study_modes(), "Modes to train and compare.")
   flags.DEFINE_multi_string("classifier_override", [],
                             "key=value for every classifier config.")
   flags.DEFINE_multi_string("gan_override", [], "key=value for the GAN.")
-  flags.DEFINE_float("eps", 0.2, "L-inf budget of FGSM/PGD, [-1, 1] units.")
-  flags.DEFINE_integer("pgd_steps", 10, "PGD iterations (step eps / 4).")
+  flags.DEFINE_float("eps", 0.2, "L-inf budget of the attacks, [-1, 1] "
+                     "units.")
+  flags.DEFINE_list("attacks", list(DEFAULT_ATTACKS),
+                    "Norm-bounded adversaries of the table (a column each).")
+  config_flags.DEFINE_config_dict(
+      "attack", evaluate.attack_flags(),
+      "Settings of each adversary, --attack.<name>.<field>.")
   flags.DEFINE_integer("num_examples", 10000, "Test images to evaluate.")
-  config_flags.DEFINE_config_dict("unrestricted",
-                                  evaluate.unrestricted_config(),
-                                  "Latent-attack settings.")
+  config_flags.DEFINE_config_dict(
+      "unrestricted", evaluate.unrestricted_config(),
+      "The latent report's samples: --unrestricted.num_samples, ...")
+
+
+def _given(f, name: str) -> dict[str, Any]:
+  """The fields of config-dict flag `name` given on the command line."""
+  given: dict[str, Any] = {}
+  for path in f:
+    if path.startswith(name + ".") and f[path].present:
+      keys = path.split(".")[1:]
+      node = given
+      for k in keys[:-1]:
+        node = node.setdefault(k, {})
+      value = f[name]
+      for k in keys:
+        value = value[k]
+      node[keys[-1]] = value
+  return given
 
 
 def _main(argv):
+  del argv  # one_line_errors refuses positional arguments
   from absl import flags  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
-  if len(argv) > 1:
-    raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
-  if not f.workdir:
-    raise UserError("--workdir is required")
   command = " ".join(["python", "experiments/study.py"] + sys.argv[1:])
-  given = {}
-  for key in f.unrestricted:  # the --unrestricted.<key> flags given
-    name = f"unrestricted.{key}"
-    if name in f and f[name].present:
-      given[key] = f.unrestricted[key]
   settings = preset_settings(
       f.preset, num_examples=(f.num_examples if f["num_examples"].present
                               else None),
-      unrestricted=given, gan_overrides=f.gan_override,
+      attack_settings=_given(f, "attack"),
+      unrestricted=_given(f, "unrestricted"), gan_overrides=f.gan_override,
       classifier_overrides=f.classifier_override)
   run_study(f.workdir, gan_config=f.gan_config,
             classifier_config=f.classifier_config, modes=f.modes,
-            gan_workdir=f.gan_workdir, eps=f.eps, pgd_steps=f.pgd_steps,
+            gan_workdir=f.gan_workdir, eps=f.eps, attack_names=f.attacks,
             command=command, **settings)
 
 

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from advjax import checkpoints
+from advjax import checkpoints, inference
 from advjax.errors import UserError
 
 
@@ -26,9 +26,8 @@ def _meta(step):
 
 
 def _save_steps(workdir, accuracies, keep=2):
-  ckpt = checkpoints.Checkpointer(workdir, keep=keep,
-                                  best_metric="eval/accuracy",
-                                  async_save=False)
+  ckpt = checkpoints.Checkpointer(workdir, checkpoints.Settings(
+      keep=keep, best_metric="eval/accuracy", async_save=False))
   for step, acc in accuracies.items():
     metrics = None if acc is None else {"eval/accuracy": acc}
     ckpt.save(step, _state(step), _meta(step), metrics=metrics)
@@ -39,8 +38,8 @@ def test_keeps_the_last_k_and_the_best(tmp_path):
   workdir = str(tmp_path)
   _save_steps(workdir, {1: 0.5, 2: 0.9, 3: 0.6, 4: None, 5: 0.7}, keep=2)
   assert checkpoints.available_steps(workdir) == [2, 4, 5]
-  assert checkpoints.restore(workdir).step == 5
-  best = checkpoints.restore(workdir, best=True)
+  assert checkpoints.load(workdir).step == 5
+  best = checkpoints.load(workdir, best=True)
   assert best.step == 2
   assert best.meta["metrics"]["eval/accuracy"] == pytest.approx(0.9)
   np.testing.assert_array_equal(best.state["params"]["w"], np.full(3, 2.0))
@@ -55,14 +54,15 @@ def test_resume_skips_a_corrupt_latest_checkpoint_with_a_warning(tmp_path):
     if os.path.isfile(path):
       with open(path, "wb") as f:
         f.write(b"garbage")
-  ckpt = checkpoints.Checkpointer(workdir, keep=3, async_save=False)
+  ckpt = checkpoints.Checkpointer(
+      workdir, checkpoints.Settings(keep=3, async_save=False))
   with pytest.warns(RuntimeWarning, match="checkpoints/3 cannot be read"):
     state, meta = ckpt.restore_latest(_state(0))
   ckpt.close()
   assert meta["step"] == 2 and meta["data_position"]["step"] == 2
   np.testing.assert_array_equal(state["params"]["w"], np.full(3, 2.0))
   with pytest.warns(RuntimeWarning, match="cannot be read"):
-    assert checkpoints.restore(workdir).step == 2
+    assert checkpoints.load(workdir).step == 2
 
 
 def test_half_written_checkpoint_is_ignored(tmp_path):
@@ -73,8 +73,9 @@ def test_half_written_checkpoint_is_ignored(tmp_path):
                            "3.orbax-checkpoint-tmp-1234", "state"))
   with warnings.catch_warnings():
     warnings.simplefilter("error")
-    assert checkpoints.restore(workdir).step == 2
-  ckpt = checkpoints.Checkpointer(workdir, keep=3, async_save=False)
+    assert checkpoints.load(workdir).step == 2
+  ckpt = checkpoints.Checkpointer(
+      workdir, checkpoints.Settings(keep=3, async_save=False))
   _, meta = ckpt.restore_latest(_state(0))
   ckpt.close()
   assert meta["step"] == 2
@@ -82,13 +83,13 @@ def test_half_written_checkpoint_is_ignored(tmp_path):
 
 def test_restore_explains_what_is_missing(tmp_path):
   with pytest.raises(UserError, match="no checkpoints"):
-    checkpoints.restore(str(tmp_path))
+    checkpoints.load(str(tmp_path))
   _save_steps(str(tmp_path), {1: None}, keep=1)
   with pytest.raises(UserError, match="available: \\[1\\]"):
-    checkpoints.restore(str(tmp_path), step=7)
-  restored = checkpoints.restore(str(tmp_path))
+    checkpoints.load(str(tmp_path), step=7)
   with pytest.raises(UserError, match="'classifier' trainer, not a gan"):
-    restored.sample(0)
+    inference.restore(str(tmp_path), kind="gan")
+  assert isinstance(inference.restore(str(tmp_path)), inference.Classifier)
 
 
 def test_step_folder_without_its_files_falls_back(tmp_path):
@@ -96,7 +97,7 @@ def test_step_folder_without_its_files_falls_back(tmp_path):
   _save_steps(workdir, {1: None, 2: None}, keep=3)
   os.makedirs(os.path.join(workdir, "checkpoints", "3", "state"))
   with pytest.warns(RuntimeWarning, match="cannot be read"):
-    assert checkpoints.restore(workdir).step == 2
+    assert checkpoints.load(workdir).step == 2
 
 
 def test_listing_steps_survives_a_live_run_deleting_an_old_one(tmp_path,

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from advjax import checkpoints, cyclegan_train, main, metric_writers
+from advjax import inference, metric_writers, trainers
+from advjax.trainers import cyclegan as cyclegan_train
 from advjax.errors import UserError
 from advjax.models import cyclegan as cyclegan_models
 from tests.helpers import load_config
@@ -39,8 +40,8 @@ def _shrink(config, image_size=16):
 
 def test_generator_keeps_the_image_size_and_range():
   for shape in ((28, 28, 1), (15, 15, 3)):
-    gen = cyclegan_models.ResnetGenerator(width=4, num_blocks=1,
-                                          out_channels=shape[-1])
+    gen = cyclegan_models.ResNetTranslator(width=4, num_blocks=1,
+                                           out_channels=shape[-1])
     x = jax.random.uniform(jax.random.key(0), (2, *shape), minval=-1,
                            maxval=1)
     y = jax.jit(gen.apply)(jax.jit(gen.init)(jax.random.key(1), x), x)
@@ -55,11 +56,28 @@ def test_generator_keeps_the_image_size_and_range():
 def test_cycle_loss_is_zero_for_identity_generators_and_not_otherwise():
   a = jax.random.uniform(jax.random.key(0), (3, 8, 8, 1), minval=-1)
   b = jax.random.uniform(jax.random.key(1), (3, 8, 8, 1), minval=-1)
-  ident = lambda x: x
-  assert float(cyclegan_train.cycle_loss(ident, ident, a, b)) == 0.0
-  shift = lambda x: x + 0.25
-  assert float(cyclegan_train.cycle_loss(shift, ident, a, b)) == (
-      pytest.approx(0.5))
+  # Identity translators reconstruct perfectly.
+  assert float(cyclegan_train.cycle_loss(a, a, b, b)) == 0.0
+  # F(G(a)) = a + 0.25 and G(F(b)) = b: the mean L1 of domain A is 0.25.
+  assert float(cyclegan_train.cycle_loss(a, a + 0.25, b, b)) == (
+      pytest.approx(0.25))
+  assert float(cyclegan_train.cycle_loss(a, a + 0.25, b, b - 0.5)) == (
+      pytest.approx(0.75))
+
+
+def test_the_step_runs_the_tested_cycle_loss(monkeypatch):
+  config = _shrink(load_config("cyclegan_fashion_mnist"))
+  s = cyclegan_train.read_settings(config)
+  state = cyclegan_train.create_train_state(config, (8, 8, 1),
+                                            jax.random.key(0), 10)
+  calls = []
+  real = cyclegan_train.cycle_loss
+  monkeypatch.setattr(cyclegan_train, "cycle_loss",
+                      lambda *args: calls.append(1) or real(*args))
+  a = jax.random.uniform(jax.random.key(1), (2, 8, 8, 1), minval=-1)
+  loss, (metrics, _, _) = cyclegan_train.translator_objective(
+      s, state, state.g_params, a, a)
+  assert calls and float(metrics["cycle_loss"]) >= 0.0
 
 
 @pytest.mark.parametrize("prob", [0.5, 0.2])
@@ -115,10 +133,10 @@ def test_config_trains_under_mock_data_and_translates_from_checkpoint(
   config.cyclegan.supervised_weight = 0.5  # exercised, though data unpaired
   workdir = str(tmp_path / name)
   with tfds.testing.mock_data(num_examples=64):
-    metrics = main.run(config, workdir)
+    metrics = trainers.run(config, workdir)
   assert np.isfinite(metrics["eval/cycle_l1_a"])
   assert np.isfinite(metrics["eval/cycle_l1_b"])
-  restored = checkpoints.restore(workdir)
+  restored = inference.restore(workdir)
   assert restored.trainer == "cyclegan" and restored.step == 2
   shape = (28, 28, 1) if "fashion" in name else (16, 16, 3)
   images = np.random.default_rng(0).uniform(-1, 1, (3, *shape)).astype(
@@ -149,8 +167,8 @@ def test_config_trains_under_mock_data_and_translates_from_checkpoint(
   # Resume: a longer run continues from step 2 instead of starting over.
   config.num_train_steps = 3
   with tfds.testing.mock_data(num_examples=64):
-    main.run(config, workdir)
-  resumed = checkpoints.restore(workdir)
+    trainers.run(config, workdir)
+  resumed = inference.restore(workdir)
   assert resumed.step == 3 and int(resumed.state["step"]) == 3
   assert int(resumed.state["pools"]["a"]["count"]) == 4
   assert any(not np.allclose(p0, p1) for p0, p1 in zip(
@@ -162,12 +180,12 @@ def test_config_trains_under_mock_data_and_translates_from_checkpoint(
 
 def test_bad_settings_are_user_errors():
   config = _shrink(load_config("cyclegan_fashion_mnist"))
-  config.cyclegan.loss = "hinge"
-  with pytest.raises(UserError):
+  config.cyclegan.loss = "lsgan"
+  with pytest.raises(UserError, match="cyclegan.loss"):
     cyclegan_train.create_train_state(config, (8, 8, 1), jax.random.key(0),
                                       10)
   config.cyclegan.loss = "least_squares"
   config.cyclegan.pool_prob = 1.5
-  with pytest.raises(UserError):
+  with pytest.raises(UserError, match="cyclegan.pool_prob"):
     cyclegan_train.create_train_state(config, (8, 8, 1), jax.random.key(0),
                                       10)

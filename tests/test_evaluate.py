@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from advjax import checkpoints, evaluate, main
+from advjax import evaluate, inference, trainers
 from advjax.errors import UserError
 from tests.helpers import load_config
 
@@ -26,16 +26,18 @@ def runs(tmp_path_factory):
   gan.batch_size, gan.num_train_steps, gan.progress_bar = 8, 2, False
   gan.eval_every_steps = gan.checkpoint.every_steps = 2
   with tfds.testing.mock_data(num_examples=48):
-    main.run(cls, str(root / "classifier"))
-    main.run(gan, str(root / "gan"))
+    trainers.run(cls, str(root / "classifier"))
+    trainers.run(gan, str(root / "gan"))
   return str(root / "classifier"), str(root / "gan")
 
 
 def test_robustness_report_table_matches_its_numbers(runs):
   classifier_dir, _ = runs
   with tfds.testing.mock_data(num_examples=48):
-    restored = checkpoints.restore(classifier_dir)
-    result = evaluate.robustness(restored, eps_list=[0.0, 0.5], pgd_steps=2,
+    restored = inference.restore(classifier_dir)
+    result = evaluate.robustness(restored, eps_list=[0.0, 0.5],
+                                 attack_names=["fgsm", "pgd"],
+                                 attack_settings={"pgd": {"num_steps": 2}},
                                  num_examples=40, batch_size=16,
                                  substitute=restored)
   assert result["num_examples"] == 40
@@ -45,9 +47,12 @@ def test_robustness_report_table_matches_its_numbers(runs):
   assert zero["fgsm_accuracy"] == pytest.approx(result["clean_accuracy"])
   assert zero["pgd_accuracy"] == pytest.approx(result["clean_accuracy"])
   assert big["transfer_error"] == pytest.approx(1 - big["fgsm_accuracy"])
+  assert result["settings"]["pgd"]["num_steps"] == 2
   table = evaluate.robustness_markdown(result)
-  drop = 100 * (result["clean_accuracy"] - big["fgsm_accuracy"])
+  drop = 100 * (result["clean_accuracy"]
+                - min(big["fgsm_accuracy"], big["pgd_accuracy"]))
   assert f"{drop:.2f} points" in table
+  assert "num_steps 2" in table  # the settings used are in the table
   clean, adv, _ = result["examples"][0.5]
   assert np.abs(adv - clean).max() <= 0.5 + 1e-6 and np.abs(adv).max() <= 1
 
@@ -95,7 +100,7 @@ def test_gan_metrics_say_why_inception_fid_is_missing(runs, monkeypatch,
     raise OSError("no network")
   monkeypatch.setattr(inception, "_download", offline)
   with tfds.testing.mock_data(num_examples=48):
-    result = evaluate.gan_metrics(checkpoints.restore(gan_dir), None,
+    result = evaluate.gan_metrics(inference.restore(gan_dir), None,
                                   samples_per_class=2)
   assert result["inception"].startswith("not computed:")
   assert "ADVJAX_FID_WEIGHTS" in result["inception"]
@@ -105,8 +110,8 @@ def test_gan_metrics_say_why_inception_fid_is_missing(runs, monkeypatch,
 def test_gan_metrics_refuse_a_classifier_of_another_dataset(runs):
   classifier_dir, gan_dir = runs
   with tfds.testing.mock_data(num_examples=48):
-    gan = checkpoints.restore(gan_dir)
-    classifier = checkpoints.restore(classifier_dir)
+    gan = inference.restore(gan_dir)
+    classifier = inference.restore(classifier_dir)
     classifier.config.dataset.name = "mnist"
     with pytest.raises(UserError, match="trained on mnist"):
       evaluate.gan_metrics(gan, classifier, inception=False)
@@ -114,19 +119,19 @@ def test_gan_metrics_refuse_a_classifier_of_another_dataset(runs):
 
 def test_unrestricted_report_numbers_are_consistent(runs):
   classifier_dir, gan_dir = runs
-  classifier = checkpoints.restore(classifier_dir)
-  gan = checkpoints.restore(gan_dir)
-  settings = evaluate.unrestricted_config()
-  settings.update(num_samples=12, num_steps=0, batch_size=8)
-  none = evaluate.unrestricted(classifier, gan, settings)
+  classifier = inference.restore(classifier_dir)
+  gan = inference.restore(gan_dir)
+  report = dict(num_samples=12, batch_size=8)
+  none = evaluate.unrestricted(classifier, gan, {"num_steps": 0}, report)
   # Zero steps: the "attacked" samples are the clean ones.
   assert none["classifier_accuracy_attacked_samples"] == pytest.approx(
       none["classifier_accuracy_clean_samples"])
   assert none["aux_keeps_source_attacked"] == pytest.approx(
       none["aux_keeps_source_clean"])
   assert none["latent_rms_displacement"] == 0.0
-  settings.update(num_steps=5, learning_rate=2.0, targeted=True)
-  result = evaluate.unrestricted(classifier, gan, settings)
+  result = evaluate.unrestricted(
+      classifier, gan, dict(num_steps=5, learning_rate=2.0, targeted=True),
+      report)
   assert result["num_samples"] == 12 and result["latent_rms_displacement"] > 0
   # Success needs both: the classifier fooled and the source class kept.
   assert result["success_rate"] <= 1 - result[
@@ -143,13 +148,13 @@ def test_unrestricted_report_numbers_are_consistent(runs):
 def test_robustness_report_with_gan_writes_the_latent_attack(runs, tmp_path):
   classifier_dir, gan_dir = runs
   out = str(tmp_path / "report")
-  settings = evaluate.unrestricted_config()
-  settings.update(num_samples=6, num_steps=2)
   with tfds.testing.mock_data(num_examples=48):
     markdown = evaluate.report("robustness", classifier_dir, out, eps=(0.1,),
                                num_examples=10, batch_size=10,
                                gan_workdir=gan_dir,
-                               unrestricted_settings=settings)
+                               attack_settings={"unrestricted": {
+                                   "num_steps": 2}},
+                               unrestricted_settings={"num_samples": 6})
   assert "Unrestricted adversarial examples" in markdown
   assert "unrestricted.png" in os.listdir(out)
   with open(os.path.join(out, "robustness.json")) as f:
@@ -157,11 +162,15 @@ def test_robustness_report_with_gan_writes_the_latent_attack(runs, tmp_path):
   assert data["unrestricted"]["num_steps"] == 2
 
 
-def test_unrestricted_attack_refuses_a_classifier_checkpoint_as_gan(runs):
+def test_unrestricted_attack_refuses_a_classifier_checkpoint_as_gan(
+    runs, tmp_path):
   classifier_dir, _ = runs
-  classifier = checkpoints.restore(classifier_dir)
+  classifier = inference.restore(classifier_dir)
   with pytest.raises(UserError, match="'classifier' trainer, not a gan"):
     evaluate.unrestricted(classifier, classifier)
+  with pytest.raises(UserError, match="'classifier' trainer, not a gan"):
+    evaluate.report("robustness", classifier_dir, str(tmp_path), eps=(0.1,),
+                    gan_workdir=classifier_dir)
 
 
 def test_patch_report_trains_on_train_images_and_counts_other_classes(
@@ -176,7 +185,7 @@ def test_patch_report_trains_on_train_images_and_counts_other_classes(
                                num_examples=20, batch_size=10,
                                patch_settings=settings)
     labels = np.concatenate([y for _, y in evaluate.eval_data(
-        checkpoints.restore(classifier_dir), 20, 10)])
+        inference.restore(classifier_dir), 20, 10)])
   with open(os.path.join(out, "robustness.json")) as f:
     data = json.load(f)["patch"]
   assert data["num_train_images"] == 16 and data["size"] == 4

@@ -305,9 +305,9 @@ def test_create_from_the_repository_configs():
 
 
 def test_config_errors():
-  with pytest.raises(errors.UserError, match="unknown GAN model.name"):
+  with pytest.raises(errors.UserError, match="unknown generator model 'bigan'"):
     gans.create_generator(dict(name="bigan"), 0, CIFAR)
-  with pytest.raises(errors.UserError, match="'depth' is not an option"):
+  with pytest.raises(errors.UserError, match="has no option 'depth'"):
     gans.create_discriminator(_config("dcgan", disc=dict(depth=3)), 0, CIFAR)
   bad = _config("mlp").to_dict()
   bad["widht"] = 3
@@ -315,6 +315,11 @@ def test_config_errors():
     gans.create_generator(bad, 0, CIFAR)
   with pytest.raises(errors.UserError, match="needs a dataset with classes"):
     gans.create_generator(_config("resnet", conditional=True), 0, CIFAR)
+  disc = gans.create_discriminator(_config("resnet", conditional=True), 10,
+                                   CIFAR)
+  assert disc.has_class_head  # the AC-GAN check asks the model
+  assert not gans.create_discriminator(_config("dcgan"), 0,
+                                       CIFAR).has_class_head
   gen = gans.create_generator(_config("dcgan"), 0, (30, 30, 3))
   with pytest.raises(errors.UserError, match="cannot build 30x30"):
     gen.init(jax.random.key(0), _z(), None, train=False)

@@ -11,7 +11,8 @@ import pytest
 import tensorflow_datasets as tfds
 from jax.sharding import PartitionSpec as P
 
-from advjax import checkpoints, gan_train, main, parallel
+from advjax import inference, losses, parallel, trainers
+from advjax.trainers import gan as gan_train
 from advjax.errors import UserError
 from tests.helpers import load_config
 
@@ -44,8 +45,8 @@ def test_gan_config_trains_under_mock_data_and_samples_from_checkpoint(
   config = _shrink(load_config(name))
   workdir = str(tmp_path / name)
   with tfds.testing.mock_data(num_examples=32):
-    main.run(config, workdir)
-  restored = checkpoints.restore(workdir)
+    trainers.run(config, workdir)
+  restored = inference.restore(workdir)
   assert restored.trainer == "gan" and restored.step == 2
   conditional = bool(config.model.conditional)
   images = restored.sample(1 if conditional else None, n=3, seed=0)
@@ -65,8 +66,7 @@ def _one_step(config, num_classes=10, image_shape=(8, 8, 1), steps=1):
                                         jax.random.key(0), 100)
   k = config.gan.critic_steps
   step = parallel.data_parallel(
-      functools.partial(gan_train.train_step, config=config,
-                        num_classes=num_classes),
+      gan_train.make_train_step(config, num_classes),
       mesh, in_specs=(P(), P(parallel.AXIS), P()), out_specs=(P(), P()))
   rng = np.random.default_rng(0)
   batch = {"image": rng.uniform(-1, 1, (k * 8, *image_shape)).astype(
@@ -119,7 +119,7 @@ def test_generator_ema_follows_its_formula_with_warm_up():
                                rtol=1e-5, atol=1e-7)
   assert float(gan_train.ema_decay_at(0.999, jnp.asarray(10**6))) == (
       pytest.approx(0.999))
-  assert gan_train.sampling_params(state) is state.g_ema
+  assert state.sampling_params() is state.g_ema
 
 
 def test_historical_average_is_the_mean_of_past_parameters():
@@ -184,3 +184,51 @@ def test_unknown_loss_is_refused():
   config = _tiny(loss="nonsense")
   with pytest.raises(UserError, match="gan.loss"):
     gan_train.create_train_state(config, 10, (8, 8, 1), jax.random.key(0), 10)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("critic_steps", 0, "critic_steps"),
+    ("ema_decay", 1.5, "ema_decay"),
+    ("gradient_penalty", -1.0, "gradient_penalty"),
+    ("real_label", 0.9, "no real-label target"),
+    ("lr", 0.1, "no field 'lr'"),
+])
+def test_bad_gan_settings_are_one_line_errors_naming_the_field(field, value,
+                                                               message):
+  config = _tiny("wgan_clip_cifar10")
+  config.gan[field] = value
+  with pytest.raises(UserError, match=message):
+    gan_train.read_settings(config)
+
+
+def test_critic_and_generator_objectives_are_the_step_pieces():
+  # The critic objective the step differentiates, called directly on a
+  # tiny state: the adversarial part is the registered loss of its scores.
+  config = _tiny("dcgan_cifar10", loss="hinge")
+  s = gan_train.read_settings(config)
+  state = gan_train.create_train_state(config, 0, (8, 8, 1),
+                                       jax.random.key(0), 10)
+  real = jax.random.uniform(jax.random.key(1), (4, 8, 8, 1), minval=-1)
+  fake = jax.random.uniform(jax.random.key(2), (4, 8, 8, 1), minval=-1)
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  keys = tuple(jax.random.split(jax.random.key(3), 3))
+
+  def pieces(state, real, fake):
+    d_loss, (metrics, _) = gan_train.critic_objective(
+        s, state, state.d_params, state.d_state, state.d_hist, real, fake,
+        None, keys, jnp.zeros(()))
+    out_real, _ = gan_train.run_discriminator(state, state.d_params,
+                                              state.d_state, real, None)
+    out_fake, _ = gan_train.run_discriminator(state, state.d_params,
+                                              state.d_state, fake, None)
+    return d_loss, metrics, out_real["score"], out_fake["score"]
+
+  d_loss, metrics, s_real, s_fake = parallel.data_parallel(
+      pieces, mesh, in_specs=(P(), P(), P()), out_specs=P())(
+          state, real, fake)
+  # In train mode BatchNorm of the second call sees the first call's
+  # updated statistics only through running averages, which train mode does
+  # not use: the scores are those of the objective.
+  assert float(d_loss) == pytest.approx(
+      float(losses.hinge_d_loss(s_real, s_fake)), rel=1e-6)
+  assert float(metrics["d_adv_loss"]) == pytest.approx(float(d_loss))

@@ -150,11 +150,11 @@ def test_same_seed_same_batches_different_seed_different():
   assert source.calls > 0  # The batched fast path was used.
 
 
-@pytest.mark.parametrize("augment", [False, True])
-def test_start_step_resumes_exactly(augment):
+@pytest.mark.parametrize("crop_flip", [False, True])
+def test_start_step_resumes_exactly(crop_flip):
   source = ListSource(20)
-  full = train_batches(source, 7, augment=augment)
-  resumed = train_batches(source, 2, start_step=5, augment=augment)
+  full = train_batches(source, 7, crop_flip=crop_flip)
+  resumed = train_batches(source, 2, start_step=5, crop_flip=crop_flip)
   for x, y in zip(full[5:], resumed):
     np.testing.assert_array_equal(x["label"], y["label"])
     np.testing.assert_array_equal(x["image"], y["image"])
@@ -168,13 +168,13 @@ def test_steps_per_epoch_and_no_repeats_within_an_epoch():
   assert len(set(labels.tolist())) == 32
 
 
-@pytest.mark.parametrize("augment", [False, True])
-def test_two_hosts_together_give_the_one_host_batch(augment):
+@pytest.mark.parametrize("crop_flip", [False, True])
+def test_two_hosts_together_give_the_one_host_batch(crop_flip):
   source = ListSource(24)
-  one = train_batches(source, 4, augment=augment)
-  h0 = train_batches(source, 4, augment=augment, process_index=0,
+  one = train_batches(source, 4, crop_flip=crop_flip)
+  h0 = train_batches(source, 4, crop_flip=crop_flip, process_index=0,
                      process_count=2)
-  h1 = train_batches(source, 4, augment=augment, process_index=1,
+  h1 = train_batches(source, 4, crop_flip=crop_flip, process_index=1,
                      process_count=2)
   for g, a, b in zip(one, h0, h1):
     assert a["image"].shape == (4, 32, 32, 3)
@@ -243,10 +243,10 @@ def _matches_a_padded_window(aug, orig):
   return found
 
 
-def test_augmentation_is_a_flipped_or_unflipped_padded_crop():
+def test_crop_flip_is_a_flipped_or_unflipped_padded_crop():
   source = ListSource(64)
   plain = train_batches(source, 1, global_batch_size=64)[0]
-  aug = train_batches(source, 1, global_batch_size=64, augment=True)[0]
+  aug = train_batches(source, 1, global_batch_size=64, crop_flip=True)[0]
   np.testing.assert_array_equal(plain["label"], aug["label"])
   assert aug["image"].shape == plain["image"].shape == (64, 32, 32, 3)
   assert aug["image"].min() >= -1 and aug["image"].max() <= 1
@@ -321,7 +321,7 @@ def test_mock_data_batches_have_the_dataset_shape(name):
     train = ip.get_source(name, info.train_split)
     test = ip.get_source(name, info.eval_split)
     assert ip.num_examples(train) == 12
-    with ip.TrainIterator(train, global_batch_size=4, seed=0, augment=True,
+    with ip.TrainIterator(train, global_batch_size=4, seed=0, crop_flip=True,
                           process_index=0, process_count=1) as it:
       batch = next(it)
     evals = list(ip.eval_batches(test, global_batch_size=8, process_index=0,
@@ -420,7 +420,7 @@ def test_reading_a_prepared_dataset_does_not_import_tensorflow(fashion_dir):
       import sys
       from advjax import input_pipeline as ip
       src = ip.get_source("fashion_mnist", "test", {fashion_dir!r})
-      it = ip.TrainIterator(src, global_batch_size=16, seed=0, augment=True,
+      it = ip.TrainIterator(src, global_batch_size=16, seed=0, crop_flip=True,
                             process_index=0, process_count=1)
       batch = next(it)
       it.close()

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from advjax import checkpoints
+from advjax import checkpoints, inference
 from advjax.metric_writers import read_metrics
 from tests.helpers import run_cli
 
@@ -41,7 +41,7 @@ def test_densenet_cifar100_config_trains_and_restores_in_a_notebook(tmp_path):
   assert last_line.startswith("advjax: finished 3 steps")
   assert "on 20 cifar100 test images" in last_line
 
-  restored = checkpoints.restore(workdir)
+  restored = inference.restore(workdir)
   assert restored.step == 3
   assert restored.trainer == "classifier"
   assert restored.config.model.depth == 10
@@ -93,15 +93,15 @@ def test_resumed_run_after_sigkill_ends_with_same_params(tmp_path):
   out = run_cli([*args, f"--workdir={killed}"], mock_examples=64)
   assert out.returncode == 0, out.stderr[-3000:]
   assert f"resumed from step {max(steps_at_kill)}" in out.stdout
-  _params_equal(checkpoints.restore(killed).state,
-                checkpoints.restore(reference).state)
+  _params_equal(inference.restore(killed).state,
+                inference.restore(reference).state)
 
 
 def test_bad_inputs_give_one_line_errors_and_keep_checkpoints(tmp_path):
   workdir = str(tmp_path / "run")
   out = run_cli([*TINY_DENSENET, f"--workdir={workdir}"], mock_examples=20)
   assert out.returncode == 0, out.stderr[-3000:]
-  before = checkpoints.restore(workdir).state
+  before = inference.restore(workdir).state
 
   cases = {
       "--config.dataset.name=cifar1000": "cifar100",
@@ -118,7 +118,7 @@ def test_bad_inputs_give_one_line_errors_and_keep_checkpoints(tmp_path):
     assert needle in lines[0]
     assert "Traceback" not in out.stderr
   assert checkpoints.available_steps(workdir) == [2, 3]
-  _params_equal(checkpoints.restore(workdir).state, before)
+  _params_equal(inference.restore(workdir).state, before)
 
 
 def test_diverging_run_stops_naming_the_step_and_keeps_good_checkpoint(
@@ -140,7 +140,7 @@ def test_diverging_run_stops_naming_the_step_and_keeps_good_checkpoint(
   bad_step = int(line[0].split("non-finite at step ")[1].split(";")[0])
   steps = checkpoints.available_steps(workdir)
   assert steps and max(steps) <= bad_step
-  state = checkpoints.restore(workdir).state
+  state = inference.restore(workdir).state
   assert all(np.isfinite(np.asarray(x)).all()
              for x in jax.tree.leaves(state["params"]))
 
@@ -183,8 +183,8 @@ def test_two_processes_train_in_lockstep_with_four_local_devices(tmp_path):
     return [r["train/loss"] for r in read_metrics(workdir) if "train/loss" in r]
   assert len(losses(multi)) == 6
   np.testing.assert_allclose(losses(multi), losses(single), rtol=1e-5)
-  _params_equal(checkpoints.restore(multi).params,
-                checkpoints.restore(single).params, rtol=1e-4, atol=1e-6)
+  _params_equal(inference.restore(multi).params,
+                inference.restore(single).params, rtol=1e-4, atol=1e-6)
 
 
 def test_distillation_config_trains_teacher_and_student_and_compares(tmp_path):
@@ -196,8 +196,8 @@ def test_distillation_config_trains_teacher_and_student_and_compares(tmp_path):
                  "--config.progress_bar=False", f"--workdir={workdir}"],
                 mock_examples=64)
   assert out.returncode == 0, out.stderr[-3000:]
-  teacher = checkpoints.restore(os.path.join(workdir, "teacher"))
-  student = checkpoints.restore(os.path.join(workdir, "student"))
+  teacher = inference.restore(os.path.join(workdir, "teacher"))
+  student = inference.restore(os.path.join(workdir, "student"))
   assert teacher.config.temperature == student.config.temperature == 20.0
   assert student.config.distill.teacher_workdir == os.path.join(workdir,
                                                                 "teacher")

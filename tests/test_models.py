@@ -257,13 +257,17 @@ def test_count_params():
 
 
 def test_register_model():
+  from advjax.models import registry
+
   class Toy(SmallCNN):
     pass
 
-  models.register_model("toy_cnn_for_test", Toy)
+  registry.register("classifier", "toy_cnn_for_test")(Toy)
   try:
     assert isinstance(_model(dict(name="toy_cnn_for_test")), Toy)
     with pytest.raises(ValueError):
-      models.register_model("cnn", Toy)
+      registry.register("classifier", "cnn")(Toy)
+    with pytest.raises(ValueError):
+      registry.register("critic", "toy")(Toy)
   finally:
-    del models.MODELS["toy_cnn_for_test"]
+    del models.MODELS[("classifier", "toy_cnn_for_test")]

@@ -19,7 +19,8 @@ GAN_OVERRIDES = ["model.generator.width=4", "model.discriminator.width=4",
 CLASSIFIER_OVERRIDES = ["model.widths=[4]", "model.hidden=8", "batch_size=16",
                         "eval_batch_size=16", "num_train_steps=2",
                         "eval_every_steps=1", "progress_bar=false",
-                        "augment.latent_steps=2", "augment.pgd_steps=1"]
+                        "adversarial_training.unrestricted.num_steps=2",
+                        "adversarial_training.pgd.num_steps=1"]
 
 
 def _study():
@@ -31,16 +32,16 @@ def _study():
 
 
 def _run(study, workdir, logs):
-  settings = study.evaluate.unrestricted_config()
-  settings.update(num_samples=6, num_steps=2)
   with tfds.testing.mock_data(num_examples=32):
     return study.run_study(
         workdir, gan_config=os.path.join(ROOT, "configs", "quickstart_gan.py"),
         classifier_config=os.path.join(ROOT, "configs",
                                        "study_fashion_mnist.py"),
         modes=MODES, gan_overrides=GAN_OVERRIDES,
-        classifier_overrides=CLASSIFIER_OVERRIDES, eps=0.1, pgd_steps=1,
-        num_examples=20, unrestricted=settings, command="test",
+        classifier_overrides=CLASSIFIER_OVERRIDES, eps=0.1,
+        attack_settings={"pgd": {"num_steps": 1},
+                         "unrestricted": {"num_steps": 2}},
+        num_examples=20, unrestricted={"num_samples": 6}, command="test",
         log=logs.append)
 
 
@@ -107,8 +108,8 @@ def test_unknown_mode_and_bad_override_are_refused(first_run, tmp_path):
                     modes=("nonsense",))
   config = study.config_utils.load(
       os.path.join(ROOT, "configs", "study_fashion_mnist.py:none"))
-  with pytest.raises(UserError, match="no 'augment.nope'"):
-    study.apply_overrides(config, ["augment.nope=1"])
+  with pytest.raises(UserError, match="no 'adversarial_training.nope'"):
+    study.apply_overrides(config, ["adversarial_training.nope=1"])
 
 
 def test_study_command_line_gives_one_line_errors(tmp_path):
@@ -128,16 +129,21 @@ def test_preset_settings_let_user_flags_win(first_run):
   study = first_run[0]
   small = study.preset_settings("small")
   assert small["num_examples"] == 1000
-  assert small["unrestricted"].num_steps == 100
+  assert small["attack_settings"]["unrestricted"]["num_steps"] == 100
+  assert small["unrestricted"]["num_samples"] == 128
   assert "num_epochs=0.5" in small["classifier_overrides"]
-  mine = study.preset_settings("small", num_examples=50,
-                               unrestricted={"num_steps": 7},
-                               classifier_overrides=["num_epochs=2.0"])
-  assert mine["num_examples"] == 50 and mine["unrestricted"].num_steps == 7
-  assert mine["unrestricted"].num_samples == 128  # the preset's
+  mine = study.preset_settings(
+      "small", num_examples=50,
+      attack_settings={"unrestricted": {"num_steps": 7},
+                       "pgd": {"num_steps": 3}},
+      classifier_overrides=["num_epochs=2.0"])
+  assert mine["num_examples"] == 50
+  assert mine["attack_settings"]["unrestricted"]["num_steps"] == 7
+  assert mine["attack_settings"]["pgd"]["num_steps"] == 3
+  assert mine["unrestricted"]["num_samples"] == 128  # the preset's
   # Later overrides win: the user's come after the preset's.
   assert mine["classifier_overrides"][-1] == "num_epochs=2.0"
   full = study.preset_settings("full")
-  assert full["num_examples"] == 10000 and full["unrestricted"].num_steps == 500
+  assert full["num_examples"] == 10000 and not full["attack_settings"]
   with pytest.raises(UserError, match="unknown preset"):
     study.preset_settings("huge")

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from advjax import errors, loop, models, parallel, train
+from advjax import errors, loop, losses, models, parallel
+from advjax.trainers import classifier as train
 
 
 def _config():
@@ -40,12 +41,12 @@ def _train(devices, batches, config=None):
       train.train_step, mesh, in_specs=(P(), P(parallel.AXIS), P()),
       out_specs=(P(), P()))
   rng = parallel.replicate(jax.random.key(1), mesh)
-  losses, snapshots = [], []
+  curve, snapshots = [], []
   for b in batches:
     state, metrics = step(state, parallel.shard_batch(b, mesh), rng)
-    losses.append(float(metrics["loss"]))
+    curve.append(float(metrics["loss"]))
     snapshots.append(jax.device_get(state.params))
-  return losses, state, snapshots
+  return curve, state, snapshots
 
 
 def test_one_and_four_devices_give_the_same_loss_curve():
@@ -68,8 +69,8 @@ def test_one_and_four_devices_give_the_same_loss_curve():
 def test_non_finite_loss_freezes_state_and_names_the_step():
   batches = _batches(5)
   batches[2]["image"][0, 0, 0, 0] = np.nan
-  losses, state, snapshots = _train(jax.devices()[:2], batches)
-  assert np.isfinite(losses[:2]).all() and not np.isfinite(losses[2])
+  curve, state, snapshots = _train(jax.devices()[:2], batches)
+  assert np.isfinite(curve[:2]).all() and not np.isfinite(curve[2])
   assert int(state.bad_step) == 2
   assert int(state.step) == 5
   # Parameters stay those after the last good step (step 1), even though the
@@ -137,28 +138,25 @@ def test_weight_decay_skips_biases_and_batchnorm():
 
 
 def test_distillation_student_learns_the_teachers_soft_labels_at_temperature():
-  from advjax import checkpoints
   config = _config()
   model = models.create_model(config.model, 10)
   teacher_model = models.create_model(config.model, 10)
   teacher_vars = teacher_model.init(jax.random.key(5), jnp.zeros((1, 8, 8, 3)),
                                     train=False)
-  teacher = checkpoints.Restored(
-      config=ml_collections.ConfigDict(
-          {"model": config.model.to_dict(), "dataset": {"name": "cifar10"}}),
-      state=dict(teacher_vars), meta={"trainer": "classifier"}, step=0,
-      workdir="teacher")
   state = train.create_train_state(config, model, (8, 8, 3),
-                                   jax.random.key(0), 10, teacher=teacher)
+                                   jax.random.key(0), 10)
   batch = _batches(1)[0]
   mesh = parallel.make_mesh(jax.devices()[:1])
   temperature = 4.0
+  settings = train.StepSettings(temperature=temperature,
+                                teacher=teacher_model)
   step = parallel.data_parallel(
-      functools.partial(train.train_step, temperature=temperature), mesh,
-      in_specs=(P(), P(parallel.AXIS), P()), out_specs=(P(), P()))
+      functools.partial(train.train_step, settings=settings), mesh,
+      in_specs=(P(), P(parallel.AXIS), P(), P()), out_specs=(P(), P()))
   _, metrics = step(parallel.replicate(state, mesh),
                     parallel.shard_batch(batch, mesh),
-                    parallel.replicate(jax.random.key(1), mesh))
+                    parallel.replicate(jax.random.key(1), mesh),
+                    parallel.replicate({"teacher": teacher_vars}, mesh))
   logits, _ = model.apply({"params": state.params,
                            "batch_stats": state.batch_stats},
                           batch["image"], train=True, mutable=["batch_stats"])
@@ -167,5 +165,35 @@ def test_distillation_student_learns_the_teachers_soft_labels_at_temperature():
   expected = -jnp.mean(jnp.sum(soft * jax.nn.log_softmax(logits / temperature),
                                -1))
   assert float(metrics["loss"]) == pytest.approx(float(expected), rel=1e-5)
-  hard = train.cross_entropy(logits / temperature, batch["label"])
+  hard = losses.cross_entropy(logits / temperature, batch["label"]).mean()
   assert abs(float(hard) - float(expected)) > 1e-3
+
+
+def test_teacher_is_a_step_input_and_not_part_of_the_state():
+  config = _config()
+  model = models.create_model(config.model, 10)
+  state = train.create_train_state(config, model, (8, 8, 3),
+                                   jax.random.key(0), 10)
+  assert set(state.__dataclass_fields__) - {"apply_fn", "tx"} == {
+      "step", "params", "batch_stats", "opt_state", "bad_step"}
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")
+def test_update_that_makes_parameters_infinite_is_never_applied():
+  # A learning rate of 1e39 overflows every parameter in the first update
+  # while that step's loss is still finite: the guard must catch the state.
+  config = _config()
+  config.optimizer.learning_rate = 1e39
+  config.optimizer.momentum = 0.0
+  batches = _batches(2)
+  losses_, state, snapshots = _train(jax.devices()[:1], batches, config)
+  assert np.isfinite(losses_[0])
+  assert int(state.bad_step) == 0
+  initial = train.create_train_state(
+      config, models.create_model(config.model, 10, axis_name=parallel.AXIS),
+      (8, 8, 3), jax.random.key(0), 100)
+  for a, b in zip(jax.tree.leaves(initial.params),
+                  jax.tree.leaves(snapshots[-1])):
+    np.testing.assert_array_equal(np.asarray(a), b)
+  with pytest.raises(errors.TrainingDiverged, match="at step 0"):
+    loop.check_finite(state, last_saved_step=None, workdir="/tmp/x")

@@ -12,10 +12,12 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from advjax.errors import UserError
+from advjax.models.registry import register
 
 _he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
 
+@register("classifier", "cnn")
 class SmallCNN(nn.Module):
   """Stages of (conv-BN-ReLU) x convs_per_stage + max-pool, then a hidden
   dense layer.

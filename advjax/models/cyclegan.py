@@ -20,7 +20,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
+
+from advjax.models import registry
 
 
 def _reflect_pad(x: jax.Array, p: int) -> jax.Array:
@@ -50,7 +51,8 @@ class ResidualBlock(nn.Module):
     return x + _norm(self.dtype)(y)
 
 
-class ResnetGenerator(nn.Module):
+@registry.register("generator", "cyclegan")
+class ResNetTranslator(nn.Module):
   """Image-to-image translator; outputs in [-1, 1] with the input's size."""
   width: int = 64
   num_blocks: int = 9
@@ -81,6 +83,7 @@ class ResnetGenerator(nn.Module):
     return jnp.tanh(x.astype(jnp.float32))
 
 
+@registry.register("discriminator", "cyclegan")
 class PatchDiscriminator(nn.Module):
   """PatchGAN (Isola et al. 2017): a map of real/fake scores, one per patch."""
   width: int = 64
@@ -103,17 +106,15 @@ class PatchDiscriminator(nn.Module):
     return x.astype(jnp.float32)
 
 
-def create_generator(model: ml_collections.ConfigDict, channels: int,
-                     dtype: Any = jnp.float32) -> ResnetGenerator:
-  g = model.generator
-  return ResnetGenerator(width=int(g.width), num_blocks=int(g.num_blocks),
-                         num_downsample=int(g.get("num_downsample", 2)),
+def create_generator(model, channels: int,
+                     dtype: Any = jnp.float32) -> ResNetTranslator:
+  """The translator of `model.generator` for images of `channels` channels."""
+  return registry.create("generator", model.name, model.generator,
                          out_channels=int(channels), dtype=dtype)
 
 
-def create_discriminator(model: ml_collections.ConfigDict,
-                         dtype: Any = jnp.float32) -> PatchDiscriminator:
-  d = model.discriminator
-  return PatchDiscriminator(width=int(d.width),
-                            num_layers=int(d.get("num_layers", 3)),
-                            dtype=dtype)
+def create_discriminator(model, dtype: Any = jnp.float32
+                         ) -> PatchDiscriminator:
+  """The PatchGAN of `model.discriminator`."""
+  return registry.create("discriminator", model.name, model.discriminator,
+                         dtype=dtype)

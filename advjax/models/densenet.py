@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from advjax.errors import UserError
+from advjax.models.registry import register
 
 _he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
 
@@ -38,6 +39,7 @@ def layers_per_block(depth: int, bottleneck: bool) -> int:
   return (depth - 4) // step
 
 
+@register("classifier", "densenet")
 class DenseNet(nn.Module):
   """DenseNet(-BC) classifier (Huang et al. 2017) for 32x32 / 28x28 inputs.
 

@@ -28,7 +28,6 @@ replaceable with `init_reference`.
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -37,6 +36,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from advjax.errors import UserError
+from advjax.models import registry
 from advjax.models.layers import (ConditionalBatchNorm,
                                   MinibatchDiscrimination, VirtualBatchNorm)
 
@@ -97,6 +97,7 @@ def _disc_output(score, features, logits=None) -> dict[str, jax.Array]:
 # MLP GAN.
 
 
+@registry.register("generator", "mlp")
 class MLPGenerator(nn.Module):
   """z -> Dense-ReLU hidden layers -> Dense to H*W*C -> tanh -> image.
 
@@ -132,18 +133,16 @@ class MLPGenerator(nn.Module):
     return x.reshape((z.shape[0], *self.image_shape))
 
 
-class MLPDiscriminator(nn.Module):
-  """Flattened image -> Dense-LeakyReLU(0.2) hidden layers -> one logit.
+class _Discriminator(nn.Module):
+  """Options and output heads shared by the MLP and DCGAN discriminators.
 
-  `features` are the last hidden activations. Options: minibatch
-  discrimination on them before the output layer (Salimans et al. 2016);
-  `conditional`: the one-hot label is concatenated to the input when
-  num_classes > 0 (Mirza & Osindero 2014); `aux_classifier`: also a class
-  head 'logits' (AC-GAN).
+  `conditional` (when num_classes > 0): the label is an input (Mirza &
+  Osindero 2014); `aux_classifier`: a class head 'logits' besides the
+  real/fake score (AC-GAN, Odena et al. 2017); `minibatch_discrimination`
+  on the features before the heads (Salimans et al. 2016).
   """
   image_shape: tuple[int, int, int] = (32, 32, 3)
   num_classes: int = 0
-  hidden: Sequence[int] = (1024, 512, 256)
   conditional: bool = True
   aux_classifier: bool = False
   minibatch_discrimination: bool = False
@@ -152,37 +151,65 @@ class MLPDiscriminator(nn.Module):
   axis_name: str | None = None
   dtype: Any = jnp.float32
 
+  @property
+  def has_class_head(self) -> bool:
+    """Whether outputs carry AC-GAN class 'logits'."""
+    return self.aux_classifier and self.num_classes > 0
+
+  def _input_labels(self, labels, batch: int):
+    """The labels a conditional discriminator reads (checked), or None."""
+    if self.aux_classifier and self.num_classes <= 0:
+      raise UserError(f"{type(self).__name__} aux_classifier needs "
+                      f"num_classes > 0")
+    if not self.conditional:
+      return None
+    return _labels_or_none(labels, self.num_classes, batch,
+                           type(self).__name__)
+
+  def _heads(self, features, score_init=nn.initializers.lecun_normal()):
+    """Minibatch discrimination (if on), then the score and class heads."""
+    h = features
+    if self.minibatch_discrimination:
+      h = MinibatchDiscrimination(self.mbd_kernels, self.mbd_kernel_dim,
+                                  dtype=self.dtype, name="mbd")(h)
+    score = nn.Dense(1, dtype=self.dtype, kernel_init=score_init,
+                     name="score")(h)
+    logits = (nn.Dense(self.num_classes, dtype=self.dtype, name="logits")(h)
+              if self.aux_classifier else None)
+    return _disc_output(score, features, logits)
+
+
+@registry.register("discriminator", "mlp")
+class MLPDiscriminator(_Discriminator):
+  """Flattened image -> Dense-LeakyReLU(0.2) hidden layers -> one logit.
+
+  `features` are the last hidden activations; a conditional one gets the
+  one-hot label concatenated to its input (see `_Discriminator` for the
+  shared options).
+  """
+  hidden: Sequence[int] = (1024, 512, 256)
+
   @nn.compact
   def __call__(self, x, labels=None, train: bool = False):
     del train  # no BatchNorm or dropout
     _check_image_shape(self.image_shape, "MLPDiscriminator")
-    if self.aux_classifier and self.num_classes <= 0:
-      raise UserError("MLPDiscriminator aux_classifier needs num_classes > 0")
     b = x.shape[0]
+    labels = self._input_labels(labels, b)
     h = x.reshape(b, -1).astype(self.dtype)
-    if self.conditional:
-      labels = _labels_or_none(labels, self.num_classes, b,
-                               "MLPDiscriminator")
-      if labels is not None:
-        h = jnp.concatenate([h, _one_hot(labels, self.num_classes, h.dtype)],
-                            -1)
+    if labels is not None:
+      h = jnp.concatenate([h, _one_hot(labels, self.num_classes, h.dtype)],
+                          -1)
     for i, width in enumerate(self.hidden):
       h = nn.leaky_relu(nn.Dense(width, dtype=self.dtype,
                                  name=f"hidden{i}")(h), 0.2)
-    features = h
-    if self.minibatch_discrimination:
-      h = MinibatchDiscrimination(self.mbd_kernels, self.mbd_kernel_dim,
-                                  dtype=self.dtype, name="mbd")(h)
-    score = nn.Dense(1, dtype=self.dtype, name="score")(h)
-    logits = (nn.Dense(self.num_classes, dtype=self.dtype, name="logits")(h)
-              if self.aux_classifier else None)
-    return _disc_output(score, features, logits)
+    return self._heads(h)
 
 
 # ---------------------------------------------------------------------------
 # DCGAN.
 
 
+@registry.register("generator", "dcgan")
 class DCGANGenerator(nn.Module):
   """Radford et al. 2016: Dense -> s x s x C0 -> stride-2 transposed convs
   with BatchNorm + ReLU -> tanh.
@@ -253,45 +280,31 @@ class DCGANGenerator(nn.Module):
     return jnp.tanh(x.astype(jnp.float32))[num_ref:]
 
 
-class DCGANDiscriminator(nn.Module):
+@registry.register("discriminator", "dcgan")
+class DCGANDiscriminator(_Discriminator):
   """Radford et al. 2016: stride-2 4x4 convs (no pooling), LeakyReLU(0.2),
   BatchNorm on all but the first conv, then one logit.
 
   Channels w, 2w, 4w for 32x32 (2w at most for 28x28); `features` are the
   flattened last conv activations. `use_batchnorm=False` for WGAN-GP (the
-  gradient penalty is per example). `minibatch_discrimination` is applied
-  to the features before the output layer. `conditional` (when
-  num_classes > 0): the one-hot label enters as constant extra input
-  channels; `aux_classifier`: also a class head 'logits' (AC-GAN).
+  gradient penalty is per example). A conditional one gets the one-hot
+  label as constant extra input channels (see `_Discriminator` for the
+  shared options).
   """
-  image_shape: tuple[int, int, int] = (32, 32, 3)
-  num_classes: int = 0
   width: int = 64
   use_batchnorm: bool = True
-  conditional: bool = True
-  aux_classifier: bool = False
-  minibatch_discrimination: bool = False
-  mbd_kernels: int = 50
-  mbd_kernel_dim: int = 5
-  axis_name: str | None = None
-  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, labels=None, train: bool = False):
     n_down = _upsamplings(self.image_shape, "DCGANDiscriminator")
-    if self.aux_classifier and self.num_classes <= 0:
-      raise UserError("DCGANDiscriminator aux_classifier needs "
-                      "num_classes > 0")
     b = x.shape[0]
+    labels = self._input_labels(labels, b)
     h = x.astype(self.dtype)
-    if self.conditional:
-      labels = _labels_or_none(labels, self.num_classes, b,
-                               "DCGANDiscriminator")
-      if labels is not None:
-        onehot = _one_hot(labels, self.num_classes, h.dtype)
-        planes = jnp.broadcast_to(onehot[:, None, None, :],
-                                  (*h.shape[:3], self.num_classes))
-        h = jnp.concatenate([h, planes], -1)
+    if labels is not None:
+      onehot = _one_hot(labels, self.num_classes, h.dtype)
+      planes = jnp.broadcast_to(onehot[:, None, None, :],
+                                (*h.shape[:3], self.num_classes))
+      h = jnp.concatenate([h, planes], -1)
     ch = self.width
     for i in range(n_down):
       h = nn.Conv(ch, (4, 4), strides=(2, 2), padding="SAME",
@@ -304,16 +317,7 @@ class DCGANDiscriminator(nn.Module):
                          dtype=self.dtype, name=f"bn{i}")(h)
       h = nn.leaky_relu(h, 0.2)
       ch *= 2
-    features = h.reshape(b, -1)
-    h = features
-    if self.minibatch_discrimination:
-      h = MinibatchDiscrimination(self.mbd_kernels, self.mbd_kernel_dim,
-                                  dtype=self.dtype, name="mbd")(h)
-    score = nn.Dense(1, dtype=self.dtype, kernel_init=_dcgan_init,
-                     name="score")(h)
-    logits = (nn.Dense(self.num_classes, dtype=self.dtype, name="logits")(h)
-              if self.aux_classifier else None)
-    return _disc_output(score, features, logits)
+    return self._heads(h.reshape(b, -1), score_init=_dcgan_init)
 
 
 # ---------------------------------------------------------------------------
@@ -394,6 +398,7 @@ class _CriticBlock(nn.Module):
     return shortcut + h
 
 
+@registry.register("generator", "resnet")
 class ResNetGenerator(nn.Module):
   """The AC-WGAN-GP ResNet generator (Gulrajani et al. 2017, CIFAR model).
 
@@ -430,6 +435,7 @@ class ResNetGenerator(nn.Module):
     return jnp.tanh(x.astype(jnp.float32))
 
 
+@registry.register("discriminator", "resnet")
 class ResNetCritic(nn.Module):
   """The AC-WGAN-GP ResNet critic (Gulrajani et al. 2017, CIFAR model).
 
@@ -445,6 +451,11 @@ class ResNetCritic(nn.Module):
   num_plain_blocks: int = 2
   axis_name: str | None = None  # unused: no normalisation
   dtype: Any = jnp.float32
+
+  @property
+  def has_class_head(self) -> bool:
+    """Whether outputs carry AC-GAN class 'logits' (with classes, always)."""
+    return self.num_classes > 0
 
   @nn.compact
   def __call__(self, x, labels=None, train: bool = False):
@@ -470,32 +481,14 @@ class ResNetCritic(nn.Module):
 # ---------------------------------------------------------------------------
 # Building from a config.
 
-GENERATORS: dict[str, type] = {
-    "mlp": MLPGenerator, "dcgan": DCGANGenerator, "resnet": ResNetGenerator}
-DISCRIMINATORS: dict[str, type] = {
-    "mlp": MLPDiscriminator, "dcgan": DCGANDiscriminator,
-    "resnet": ResNetCritic}
 # Keys of `config.model` shared by both players (not module fields).
 SHARED_KEYS = ("name", "latent_dim", "conditional", "reference_batch_size",
                "generator", "discriminator")
-_MANAGED = ("image_shape", "num_classes", "axis_name", "dtype")
 
 
-def _as_dict(cfg) -> dict[str, Any]:
-  if cfg is None:
-    return {}
-  if isinstance(cfg, ml_collections.ConfigDict):
-    return cfg.to_dict()
-  return dict(cfg)
-
-
-def _build(table: dict[str, type], role: str, model_config, num_classes: int,
-           image_shape, axis_name, dtype):
-  cfg = _as_dict(model_config)
-  name = cfg.get("name")
-  if name not in table:
-    raise UserError(f"unknown GAN model.name {name!r}; choose one of "
-                    f"{sorted(table)}")
+def _build(role: str, model_config, num_classes: int, image_shape,
+           axis_name, dtype):
+  cfg = registry.as_dict(model_config)
   extra = sorted(set(cfg) - set(SHARED_KEYS))
   if extra:
     raise UserError(f"unknown model option(s) {extra}; GAN models take "
@@ -508,20 +501,12 @@ def _build(table: dict[str, type], role: str, model_config, num_classes: int,
   if conditional and num_classes <= 0:
     raise UserError("model.conditional=True needs a dataset with classes "
                     "(num_classes > 0)")
-  cls = table[name]
-  fields = {f.name for f in dataclasses.fields(cls)} - {"parent", "name"}
-  settable = sorted(fields - set(_MANAGED))
-  kwargs = _as_dict(cfg.get(role))
-  for key in kwargs:
-    if key not in settable:
-      raise UserError(f"model.{role} option '{key}' is not an option of "
-                      f"{cls.__name__}; choose from {settable}")
-  kwargs = {k: (tuple(v) if isinstance(v, list) else v)
-            for k, v in kwargs.items()}
-  _check_image_shape(image_shape, cls.__name__)
-  return cls(image_shape=tuple(int(s) for s in image_shape),
-             num_classes=int(num_classes) if conditional else 0,
-             axis_name=axis_name, dtype=dtype, **kwargs)
+  _check_image_shape(image_shape, f"GAN model '{cfg.get('name')}'")
+  return registry.create(
+      role, cfg.get("name"), cfg.get(role),
+      image_shape=tuple(int(s) for s in image_shape),
+      num_classes=int(num_classes) if conditional else 0,
+      axis_name=axis_name, dtype=dtype)
 
 
 def create_generator(model_config, num_classes: int,
@@ -529,14 +514,15 @@ def create_generator(model_config, num_classes: int,
                      axis_name: str | None = None, dtype: Any = jnp.float32):
   """The generator of `model_config`.
 
-  `model_config.name` in {'mlp', 'dcgan', 'resnet'}; `model_config.generator`
-  holds keyword arguments of the module (e.g. width); `latent_dim`,
-  `conditional` and `reference_batch_size` are shared and read by the
-  trainer. The model is conditional on `num_classes` classes when
-  `model_config.conditional` (default: num_classes > 0).
+  `model_config.name` names the family (`registry.names('generator')`:
+  'mlp', 'dcgan', 'resnet'); `model_config.generator` holds keyword arguments
+  of the module (e.g. width); `latent_dim`, `conditional` and
+  `reference_batch_size` are shared and read by the trainer. The model is
+  conditional on `num_classes` classes when `model_config.conditional`
+  (default: num_classes > 0).
   """
-  return _build(GENERATORS, "generator", model_config, num_classes,
-                image_shape, axis_name, dtype)
+  return _build("generator", model_config, num_classes, image_shape,
+                axis_name, dtype)
 
 
 def create_discriminator(model_config, num_classes: int,
@@ -545,8 +531,13 @@ def create_discriminator(model_config, num_classes: int,
                          dtype: Any = jnp.float32):
   """The discriminator (critic) of `model_config`; options from
   `model_config.discriminator`, as for `create_generator`."""
-  return _build(DISCRIMINATORS, "discriminator", model_config, num_classes,
-                image_shape, axis_name, dtype)
+  return _build("discriminator", model_config, num_classes, image_shape,
+                axis_name, dtype)
+
+
+def sample_latents(rng: jax.Array, n: int, dim: int) -> jax.Array:
+  """z ~ N(0, I), [n, dim] float32."""
+  return jax.random.normal(rng, (n, dim), jnp.float32)
 
 
 def init_reference(generator, variables: dict[str, Any], z: jax.Array,

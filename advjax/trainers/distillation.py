@@ -22,7 +22,8 @@ import os
 import jax
 import ml_collections
 
-from advjax import checkpoints, evaluate, train
+from advjax import evaluate, inference, loop
+from advjax.trainers import classifier
 
 TRAINER = "distillation"
 
@@ -30,7 +31,7 @@ TRAINER = "distillation"
 def _classifier_config(config: ml_collections.ConfigDict,
                        teacher_workdir: str) -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict(config.to_dict())
-  c.trainer = train.TRAINER
+  c.trainer = classifier.TRAINER
   c.distill.teacher_workdir = teacher_workdir
   return c
 
@@ -41,21 +42,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   teacher_dir = os.path.join(workdir, "teacher")
   student_dir = os.path.join(workdir, "student")
   is_main = jax.process_index() == 0
-  if is_main:
-    print(f"advjax: distillation at temperature {config.temperature}: "
-          f"training the teacher in {teacher_dir}", flush=True)
-  train.train_and_evaluate(_classifier_config(config, ""), teacher_dir)
-  if is_main:
-    print(f"advjax: training the student on the teacher's soft labels in "
-          f"{student_dir}", flush=True)
-  train.train_and_evaluate(_classifier_config(config, teacher_dir),
+  loop.announce(f"distillation at temperature {config.temperature}: "
+                f"training the teacher in {teacher_dir}")
+  classifier.train_and_evaluate(_classifier_config(config, ""), teacher_dir)
+  loop.announce(f"training the student on the teacher's soft labels in "
+                f"{student_dir}")
+  classifier.train_and_evaluate(_classifier_config(config, teacher_dir),
                            student_dir)
 
   eps_list = [float(e) for e in config.distill.eval_eps]
   results = {}
   for name, path in (("teacher", teacher_dir), ("student", student_dir)):
     results[name] = evaluate.robustness(
-        checkpoints.restore(path), eps_list=eps_list, pgd_steps=0,
+        inference.restore(path, kind="classifier"), eps_list=eps_list,
+        attack_names=("fgsm",),
         num_examples=int(config.distill.eval_examples))
     results[name].pop("examples")
   lines = [f"Defensive distillation at T = {config.temperature:g}, evaluated "

@@ -1,4 +1,4 @@
-"""Adversarially augmented classifier training (advjax.augment)."""
+"""Adversarial training of classifiers (advjax.adversarial_training)."""
 
 import functools
 import json
@@ -12,7 +12,9 @@ import pytest
 import tensorflow_datasets as tfds
 from jax.sharding import PartitionSpec as P
 
-from advjax import augment, checkpoints, main, models, parallel, train
+from advjax import (adversarial_training, inference, losses, models,
+                    parallel, trainers)
+from advjax.trainers import classifier as train
 from advjax.errors import UserError
 from tests.helpers import load_config
 
@@ -35,11 +37,12 @@ def gan_workdir(tmp_path_factory):
   config.sample.num_columns = 2
   workdir = str(tmp_path_factory.mktemp("gan"))
   with tfds.testing.mock_data(num_examples=32):
-    main.run(config, workdir)
+    trainers.run(config, workdir)
   return workdir
 
 
-def _config(mode=None, **aug):
+def _config(mode=None, adversary=None, **aug):
+  """A tiny CNN config; `aug` mixing fields, `adversary` the mode's own."""
   config = ml_collections.ConfigDict()
   config.model = ml_collections.ConfigDict(
       dict(name="cnn", widths=(4, 8), convs_per_stage=1, hidden=16,
@@ -48,7 +51,11 @@ def _config(mode=None, **aug):
       dict(name="sgd", learning_rate=0.1, momentum=0.9, nesterov=True,
            weight_decay=1e-4, schedule="constant"))
   if mode is not None:
-    config.augment = ml_collections.ConfigDict(dict(mode=mode, **aug))
+    config.adversarial_training = ml_collections.ConfigDict(
+        dict(mode=mode, **aug))
+    if adversary:
+      config.adversarial_training[mode] = ml_collections.ConfigDict(
+          adversary)
   return config
 
 
@@ -60,44 +67,50 @@ def _batches(n, batch_size=8, shape=SMALL, seed=0):
 
 
 def _state(config, shape):
-  augmenter, augment_vars = augment.from_config(config, 10, shape)
+  plan, gan_variables = adversarial_training.read(config, 10, shape)
   model = models.create_model(config.model, 10, axis_name=parallel.AXIS,
-                              dtype=train.compute_dtype(config))
+                              dtype=jnp.dtype(config.get("dtype", "float32")))
   state = train.create_train_state(config, model, shape, jax.random.key(0),
-                                   100, augment_vars=augment_vars)
-  return model, state, augmenter
+                                   100)
+  return model, state, plan, ({"gan": gan_variables} if gan_variables else {})
+
+
+def _step(plan, mesh):
+  return parallel.data_parallel(
+      functools.partial(train.train_step,
+                        settings=train.StepSettings(plan=plan)),
+      mesh, in_specs=(P(), P(parallel.AXIS), P(), P()), out_specs=(P(), P()))
 
 
 def _train(devices, batches, config, shape=SMALL):
   """Steps `batches` data-parallel over `devices`; (metrics, final state)."""
   mesh = parallel.make_mesh(devices)
-  _, state, augmenter = _state(config, shape)
+  _, state, plan, frozen = _state(config, shape)
   state = parallel.replicate(state, mesh)
-  step = parallel.data_parallel(
-      functools.partial(train.train_step, augmenter=augmenter), mesh,
-      in_specs=(P(), P(parallel.AXIS), P()), out_specs=(P(), P()))
+  step = _step(plan, mesh)
   rng = parallel.replicate(jax.random.key(1), mesh)
+  frozen = parallel.replicate(frozen, mesh)
   history = []
   for b in batches:
-    state, metrics = step(state, parallel.shard_batch(b, mesh), rng)
+    state, metrics = step(state, parallel.shard_batch(b, mesh), rng, frozen)
     history.append(jax.device_get(metrics))
   return history, jax.device_get(state)
 
 
 def _augmented(config, batch, rng, shape=SMALL):
-  """augment_batch (jit-compiled) with a freshly initialised classifier."""
-  model, state, augmenter = _state(config, shape)
+  """craft_batch (jit-compiled) with a freshly initialised classifier."""
+  model, state, plan, frozen = _state(config, shape)
   variables = {"params": state.params, "batch_stats": state.batch_stats}
 
   @jax.jit
-  def run(variables, augment_vars, batch, rng):
+  def run(variables, frozen, batch, rng):
     logits_fn = lambda x: model.apply(variables, x, train=False)
-    out = augment.augment_batch(augmenter, logits_fn, batch, rng,
-                                augment_vars)
+    out = adversarial_training.craft_batch(
+        plan, plan.target(logits_fn, frozen.get("gan")), batch, rng)
     counts = (out.pop("num_clean"), out.pop("num_aug"))
     return out, counts
 
-  out, (n_clean, n_aug) = run(variables, state.augment_vars, batch, rng)
+  out, (n_clean, n_aug) = run(variables, frozen, batch, rng)
   out = jax.device_get(out)
   # Static ints (shapes), whatever jit made of them.
   out["num_clean"], out["num_aug"] = int(n_clean), int(n_aug)
@@ -118,19 +131,21 @@ def test_weighted_loss_is_kurakins_formula_on_hand_made_logits():
   ce = -logp[np.arange(5), np.asarray(labels)]
   n_c, n_a, w = 3, 2, 0.3
   expected = (n_c * ce[:3].mean() + w * n_a * ce[3:].mean()) / (n_c + w * n_a)
-  per_example = augment.per_example_ce(logits, labels)
+  per_example = losses.cross_entropy(logits, labels)
   np.testing.assert_allclose(per_example, ce, rtol=1e-5)
-  loss, parts = augment.split_losses(per_example, logits, labels, n_c, n_a, w)
+  loss, parts = adversarial_training.split_losses(per_example, logits, labels,
+                                                  n_c, n_a, w)
   assert float(loss) == pytest.approx(expected, rel=1e-5)
   assert float(parts["clean_accuracy"]) == pytest.approx(2 / 3)
   assert float(parts["aug_accuracy"]) == pytest.approx(0.5)
   # Weight 1 is the plain mean over all examples.
-  loss1, _ = augment.split_losses(per_example, logits, labels, n_c, n_a, 1.0)
+  loss1, _ = adversarial_training.split_losses(per_example, logits, labels,
+                                               n_c, n_a, 1.0)
   assert float(loss1) == pytest.approx(ce.mean(), rel=1e-5)
 
 
 def test_mode_none_and_prop_zero_train_exactly_as_plain_training():
-  assert augment.from_config(_config("none"), 10, SMALL) == (None, {})
+  assert adversarial_training.read(_config("none"), 10, SMALL) == (None, {})
   batches = _batches(3)
   devices = jax.devices()[:2]
   plain, s0 = _train(devices, batches, _config())
@@ -143,7 +158,7 @@ def test_mode_none_and_prop_zero_train_exactly_as_plain_training():
 
 def test_fgsm_examples_are_exactly_eps_from_the_real_images():
   batch = _batches(1, batch_size=8)[0]
-  out = _augmented(_config("fgsm", eps=0.1, prop=0.5), batch,
+  out = _augmented(_config("fgsm", dict(eps=0.1), prop=0.5), batch,
                    jax.random.key(0))
   assert out["num_clean"] == 4 and out["num_aug"] == 4
   adv, src = np.asarray(out["image"][4:]), batch["image"][:4]
@@ -179,7 +194,7 @@ def test_one_and_two_devices_agree_for_the_same_global_batch():
   batches = _batches(3, batch_size=16)
   order = np.r_[0:4, 8:12, 4:8, 12:16]
   single = [{k: v[order] for k, v in b.items()} for b in batches]
-  config = _config("fgsm", eps=0.1)
+  config = _config("fgsm", dict(eps=0.1))
   m1, s1 = _train(jax.devices()[:1], single, config)
   m2, s2 = _train(jax.devices()[:2], batches, config)
   for a, b in zip(m1, m2):
@@ -194,11 +209,11 @@ def test_gan_mode_draws_the_frozen_generator_for_the_batch_labels(gan_workdir):
   config = _config("gan", gan_workdir=gan_workdir)
   batch = _batches(1, batch_size=8, shape=FM_SHAPE)[0]
   out = _augmented(config, batch, jax.random.key(3), FM_SHAPE)
-  restored = checkpoints.restore(gan_workdir)
-  expected = restored.generate(out["latents"], batch["label"][:4])
+  restored = inference.restore(gan_workdir, kind="gan")
+  expected = restored.generate(out["latent"], batch["label"][:4])
   np.testing.assert_allclose(out["image"][4:], expected, rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(out["label"][4:], batch["label"][:4])
-  assert out["latents"].shape == (4, 8)
+  assert out["latent"].shape == (4, 8)
 
 
 @pytest.mark.parametrize("mode", ["none", "fgsm", "pgd", "gan", "unrestricted"])
@@ -212,15 +227,15 @@ def test_each_mode_trains_under_mock_data_on_two_devices(mode, gan_workdir,
   config.eval_every_steps = config.checkpoint.every_steps = 2
   config.log_every_steps = 1
   config.progress_bar = False
-  config.augment.gan_workdir = gan_workdir
-  config.augment.latent_steps = 3
-  config.augment.pgd_steps = 2
+  config.adversarial_training.gan_workdir = gan_workdir
+  config.adversarial_training.unrestricted.num_steps = 3
+  config.adversarial_training.pgd.num_steps = 2
   make_mesh = parallel.make_mesh
   monkeypatch.setattr(parallel, "make_mesh",
                       lambda devices=None: make_mesh(jax.devices()[:2]))
   workdir = str(tmp_path / mode)
   with tfds.testing.mock_data(num_examples=32):
-    final = main.run(config, workdir)
+    final = trainers.run(config, workdir)
   assert np.isfinite(final["eval/loss"])
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     logged = [json.loads(line) for line in f]
@@ -241,23 +256,28 @@ def test_bfloat16_compute_trains_with_float32_params_and_finite_loss():
   assert all(np.isfinite(float(m["loss"])) for m in history)
   assert {np.dtype(p.dtype) for p in jax.tree.leaves(state.params)} == {
       np.dtype(np.float32)}
-  _, start, _ = _state(config, SMALL)
+  _, start, _, _ = _state(config, SMALL)
   assert any(not np.array_equal(a, b) for a, b in zip(
       jax.tree.leaves(start.params), jax.tree.leaves(state.params)))
   config.dtype = "float16"
   with pytest.raises(UserError, match="config.dtype"):
-    train.compute_dtype(config)
+    train.read_settings(config)
 
 
 @pytest.mark.parametrize("aug, message", [
     (dict(mode="cutmix"), "not one of"),
     (dict(mode="fgsm", prop=1.5), "prop"),
     (dict(mode="gan"), "gan_workdir"),
-    (dict(mode="fgsm", epsilon=0.1), "no field"),
+    (dict(mode="fgsm", epsilon=0.1), "no field 'epsilon'"),
+    (dict(mode="fgsm", fgsm=dict(epsilon=0.1)), "fgsm has no field"),
+    (dict(mode="fgsm", pgd=dict(num_steps=-1)), "pgd.num_steps"),
 ])
-def test_bad_augment_settings_are_one_line_user_errors(aug, message):
+def test_bad_adversarial_training_settings_are_one_line_user_errors(
+    aug, message):
+  config = _config()
+  config.adversarial_training = ml_collections.ConfigDict(aug)
   with pytest.raises(UserError, match=message):
-    augment.from_config(_config(**aug), 10, SMALL)
+    adversarial_training.read(config, 10, SMALL)
 
 
 def _all_consts(closed):
@@ -274,15 +294,32 @@ def _all_consts(closed):
 
 
 def test_frozen_gan_variables_are_step_inputs_not_constants(gan_workdir):
-  config = _config("unrestricted", gan_workdir=gan_workdir, latent_steps=2)
+  config = _config("unrestricted", dict(num_steps=2), gan_workdir=gan_workdir)
   mesh = parallel.make_mesh(jax.devices()[:2])
-  _, state, augmenter = _state(config, FM_SHAPE)
-  assert set(state.augment_vars) == {"generator", "discriminator"}
-  step = parallel.data_parallel(
-      functools.partial(train.train_step, augmenter=augmenter), mesh,
-      in_specs=(P(), P(parallel.AXIS), P()), out_specs=(P(), P()))
+  _, state, plan, frozen = _state(config, FM_SHAPE)
+  assert set(frozen["gan"]) == {"generator", "discriminator"}
+  step = _step(plan, mesh)
   batch = _batches(1, batch_size=8, shape=FM_SHAPE)[0]
-  closed = jax.make_jaxpr(step)(state, batch, jax.random.key(0))
+  closed = jax.make_jaxpr(step)(state, batch, jax.random.key(0), frozen)
   sizes = [np.size(c) for c in _all_consts(closed)]
-  smallest = min(np.size(x) for x in jax.tree.leaves(state.augment_vars))
+  smallest = min(np.size(x) for x in jax.tree.leaves(frozen))
   assert all(size < max(smallest, 2) for size in sizes), sizes
+
+
+def test_checkpoint_holds_only_the_classifier_state(gan_workdir, tmp_path,
+                                                    monkeypatch):
+  config = load_config("study_fashion_mnist:unrestricted")
+  config.model.widths, config.model.hidden = (4,), 8
+  config.batch_size = config.eval_batch_size = 8
+  config.num_train_steps = 1
+  config.progress_bar = False
+  config.adversarial_training.gan_workdir = gan_workdir
+  config.adversarial_training.unrestricted.num_steps = 1
+  make_mesh = parallel.make_mesh
+  monkeypatch.setattr(parallel, "make_mesh",
+                      lambda devices=None: make_mesh(jax.devices()[:2]))
+  with tfds.testing.mock_data(num_examples=32):
+    trainers.run(config, str(tmp_path / "run"))
+  saved = inference.restore(str(tmp_path / "run"))
+  assert set(saved.state) == {"step", "params", "batch_stats", "opt_state",
+                              "bad_step"}

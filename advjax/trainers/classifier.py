@@ -1,24 +1,28 @@
-"""Classifier training: train state, train/eval steps, and the host loop.
+"""Classifier training: train state, train/eval steps, and the job.
 
 The steps are pure per-device functions run data-parallel by
 `advjax.parallel.data_parallel` (shard_map over every device of every host):
 
-  train_step(state, batch, rng) -> (state, metrics)
+  train_step(state, batch, rng, frozen, *, settings) -> (state, metrics)
   eval_step(state, batch) -> summed metrics
 
 Gradients and metrics are averaged over devices with `lax.pmean`; BatchNorm
 statistics are averaged by the model itself (axis_name='data'). The host loop
 syncs with the devices only at logging, evaluation and checkpoint intervals.
 
-`config.augment` (optional) turns on adversarially augmented training
-(`advjax.augment`); `config.dtype` ('float32' or 'bfloat16') sets the compute
-dtype while parameters and the loss stay float32. `config.eval.gan_workdir`
-(optional) adds `eval/gan_sample_accuracy`: accuracy on a fixed set of
+The same step trains plain classifiers, defensive-distillation students (the
+loss is the cross-entropy with a frozen teacher's soft labels) and
+adversarially trained ones (`advjax.adversarial_training`); the teacher's
+and the GAN's variables are the step's `frozen` input, never its state.
+`config.dtype` ('float32' or 'bfloat16') sets the compute dtype while
+parameters and the loss stay float32. `config.eval.gan_workdir` (optional)
+adds `eval/gan_sample_accuracy`: accuracy on a fixed set of
 `config.eval.gan_samples` class-balanced samples of that AC-GAN run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from typing import Any
@@ -28,149 +32,159 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
-from flax.training import train_state
 from jax.sharding import PartitionSpec as P
 
-from advjax import augment, input_pipeline, loop, models, optimizers, parallel
+from advjax import (adversarial_training, inference, input_pipeline, loop,
+                    losses, models, optimizers, parallel)
+from advjax import settings as settings_lib
 from advjax.errors import UserError
 from advjax.parallel import AXIS
 
 TRAINER = "classifier"
-
-
-class TrainState(train_state.TrainState):
-  """Params, BatchNorm statistics, optimiser state and step.
-
-  `bad_step` is -1 while every loss has been finite; otherwise the first step
-  whose loss was not, after which updates are no longer applied (so the state
-  stays the last good one).
-  """
-  batch_stats: Any = None
-  bad_step: jax.Array = None
-  # Defensive distillation: the frozen teacher's variables ({} without one).
-  teacher: Any = None
-  teacher_apply_fn: Any = flax.struct.field(pytree_node=False, default=None)
-  # Adversarial augmentation: the frozen GAN's variables ({} without one);
-  # arrays the step reads but never updates.
-  augment_vars: Any = None
-
-
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
-def compute_dtype(config: ml_collections.ConfigDict) -> jnp.dtype:
-  """`config.dtype`: the classifier's compute dtype (params stay float32)."""
-  name = str(config.get("dtype", "float32"))
-  if name not in COMPUTE_DTYPES:
-    raise UserError(f"config.dtype {name!r} is not one of {COMPUTE_DTYPES}")
-  return jnp.dtype(name)
+class TrainState(flax.struct.PyTreeNode):
+  """Params, BatchNorm statistics, optimiser state and step.
+
+  `bad_step` is -1 while every loss and update has been finite; otherwise the
+  first step where one was not, after which updates are no longer applied (so
+  the state stays the last good one).
+  """
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  bad_step: jax.Array
+  apply_fn: Any = flax.struct.field(pytree_node=False, default=None)
+  tx: Any = flax.struct.field(pytree_node=False, default=None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """The classifier trainer's own top-level config fields, read once.
+
+  label_smoothing: of the cross-entropy with hard labels (Szegedy et al.
+    2016); temperature: softmax temperature T of the loss (defensive
+    distillation trains teacher and student at T > 1); dtype: compute dtype;
+  eval_batch_size: 0 = batch_size.
+  """
+  label_smoothing: float = 0.0
+  temperature: float = 1.0
+  dtype: str = "float32"
+  eval_batch_size: int = 0
+
+  def __post_init__(self):
+    settings_lib.check_in_unit_interval(self, "label_smoothing")
+    settings_lib.check_positive(self, "temperature")
+    settings_lib.check_choice(self, "dtype", COMPUTE_DTYPES)
+    settings_lib.check_nonnegative(self, "eval_batch_size")
+
+
+def read_settings(config: ml_collections.ConfigDict) -> Settings:
+  """The trainer's `Settings` from the config's top-level fields."""
+  names = [f.name for f in dataclasses.fields(Settings)]
+  return settings_lib.from_block(
+      Settings, {k: config[k] for k in names if k in config}, "")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSettings:
+  """What the traced step reads (static: part of the compiled program).
+
+  teacher: the distillation teacher's flax module (its variables are
+  `frozen['teacher']`); plan: the adversarial-training plan (the GAN's
+  variables are `frozen['gan']`).
+  """
+  label_smoothing: float = 0.0
+  temperature: float = 1.0
+  teacher: Any = None
+  plan: adversarial_training.Plan | None = None
 
 
 def create_train_state(config: ml_collections.ConfigDict, model: Any,
                        image_shape: tuple[int, ...], rng: jax.Array,
-                       num_train_steps: int, teacher: Any = None,
-                       augment_vars: Any = None) -> TrainState:
-  """Initialises the model and optimiser on the host's default device.
-
-  `teacher` (an `advjax.checkpoints.Restored` classifier) makes this a
-  distillation student trained on the teacher's soft labels;
-  `augment_vars` are the frozen variables of an `advjax.augment.Augmenter`.
-  """
+                       num_train_steps: int) -> TrainState:
+  """Initialises the model and optimiser on the host's default device."""
   dummy = jnp.zeros((1, *image_shape), jnp.float32)
   variables = jax.jit(functools.partial(model.init, train=False))(
       {"params": rng, "dropout": rng}, dummy)
   tx = optimizers.create_optimizer(config.optimizer, num_train_steps)
-  state = TrainState.create(
-      apply_fn=model.apply, params=variables["params"],
-      batch_stats=variables.get("batch_stats", {}), tx=tx,
-      bad_step=jnp.asarray(-1, jnp.int32),
-      teacher=teacher.variables if teacher is not None else {},
-      teacher_apply_fn=teacher.model.apply if teacher is not None else None,
-      augment_vars=augment_vars or {})
-  return state.replace(step=jnp.asarray(0, jnp.int32))
-
-
-def cross_entropy(logits: jax.Array, labels: jax.Array,
-                  label_smoothing: float = 0.0) -> jax.Array:
-  """Mean softmax cross-entropy with integer labels (optionally smoothed)."""
-  return augment.per_example_ce(logits, labels, label_smoothing).mean()
+  params = variables["params"]
+  return TrainState(step=jnp.asarray(0, jnp.int32), params=params,
+                    batch_stats=variables.get("batch_stats", {}),
+                    opt_state=tx.init(params),
+                    bad_step=jnp.asarray(-1, jnp.int32),
+                    apply_fn=model.apply, tx=tx)
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
-               *, label_smoothing: float = 0.0, temperature: float = 1.0,
-               augmenter: augment.Augmenter | None = None
+               frozen: Any = None, *, settings: StepSettings = StepSettings()
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One SGD step on this device's part of the batch (run under shard_map).
 
-  The loss is the cross-entropy of softmax(logits / temperature): with the
-  labels, or, for a distillation student, with the teacher's
-  softmax(teacher_logits / temperature) (Papernot et al. 2016, "Distillation
-  as a Defense to Adversarial Perturbations").
+  The loss is the cross-entropy of softmax(logits / T): with the labels, or,
+  for a distillation student, with the teacher's softmax(teacher_logits / T)
+  (Papernot et al. 2016, "Distillation as a Defense to Adversarial
+  Perturbations").
 
-  With an `augmenter` (see `advjax.augment`), part of the batch is first
-  replaced or joined by examples crafted against the current parameters
-  (BatchNorm in inference mode), and the loss is Kurakin et al.'s weighted
-  mean of the clean and augmented cross-entropies. The model then runs in
-  train mode on the whole augmented batch.
+  With an adversarial-training plan, part of the batch is first replaced or
+  joined by examples crafted against the current parameters (BatchNorm in
+  inference mode), and the loss is Kurakin et al.'s weighted mean of the
+  clean and crafted cross-entropies. The model then runs in train mode on the
+  whole batch.
   """
+  frozen = frozen or {}
   rng = parallel.device_rng(rng, state.step)
   images, labels = batch["image"], batch["label"]
-  active = (augmenter is not None
-            and augmenter.num_augmented(images.shape[0]) > 0)
+  plan = settings.plan
+  active = plan is not None and plan.num_crafted(images.shape[0]) > 0
   extra: dict[str, jax.Array] = {}
   if active:
     eval_variables = {"params": state.params,
                       "batch_stats": state.batch_stats}
     logits_fn = lambda x: state.apply_fn(eval_variables, x, train=False)
-    out = augment.augment_batch(augmenter, logits_fn, batch,
-                                jax.random.fold_in(rng, 1),
-                                state.augment_vars)
+    out = adversarial_training.craft_batch(
+        plan, plan.target(logits_fn, frozen.get("gan")), batch,
+        jax.random.fold_in(rng, 1))
     images, labels = out["image"], out["label"]
     num_clean, num_aug = out["num_clean"], out["num_aug"]
     if "success" in out:
       extra["attack_success_rate"] = jnp.mean(
           out["success"].astype(jnp.float32))
-  soft_targets = None
-  if state.teacher_apply_fn is not None:
-    teacher_logits = state.teacher_apply_fn(state.teacher, images,
+  targets = labels
+  if settings.teacher is not None:
+    teacher_logits = settings.teacher.apply(frozen["teacher"], images,
                                             train=False)
-    soft_targets = jax.nn.softmax(teacher_logits / temperature)
+    targets = jax.nn.softmax(teacher_logits / settings.temperature)
 
   def loss_fn(params):
     variables = {"params": params, "batch_stats": state.batch_stats}
     logits, updates = state.apply_fn(
         variables, images, train=True, mutable=["batch_stats"],
         rngs={"dropout": rng})
+    per_example = losses.cross_entropy(logits / settings.temperature,
+                                       targets, settings.label_smoothing)
     if not active:
-      if soft_targets is None:
-        loss = cross_entropy(logits / temperature, labels, label_smoothing)
-      else:
-        loss = optax.softmax_cross_entropy(logits / temperature,
-                                           soft_targets).mean()
-      return loss, (logits, updates, {})
-    if soft_targets is None:
-      per_example = augment.per_example_ce(logits / temperature, labels,
-                                           label_smoothing)
-    else:
-      per_example = optax.softmax_cross_entropy(logits / temperature,
-                                                soft_targets)
-    loss, parts = augment.split_losses(per_example, logits, labels,
-                                       num_clean, num_aug,
-                                       augmenter.adv_weight)
+      return per_example.mean(), (logits, updates, {})
+    loss, parts = adversarial_training.split_losses(
+        per_example, logits, labels, num_clean, num_aug,
+        plan.settings.adv_weight)
     return loss, (logits, updates, parts)
 
   (loss, (logits, updates, parts)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
-  grads = jax.lax.pmean(grads, AXIS)
   if active:
     accuracy = parts["clean_accuracy"]
   else:
     accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
   metrics = {"loss": loss, "accuracy": accuracy, **parts, **extra}
   metrics = jax.lax.pmean(metrics, AXIS)
-  new_state = state.apply_gradients(
-      grads=grads, batch_stats=updates.get("batch_stats", state.batch_stats))
+  params, opt_state = optimizers.update(state.tx, state.params,
+                                        state.opt_state, grads)
+  new_state = state.replace(
+      params=params, opt_state=opt_state,
+      batch_stats=updates.get("batch_stats", state.batch_stats))
   return loop.guard_nonfinite(state, new_state, metrics["loss"]), metrics
 
 
@@ -184,11 +198,9 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array]
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   logits = state.apply_fn(variables, batch["image"], train=False)
   mask = batch["mask"].astype(jnp.float32)
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits,
-                                                          batch["label"])
   correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
   sums = {
-      "loss": jnp.sum(losses * mask),
+      "loss": jnp.sum(losses.cross_entropy(logits, batch["label"]) * mask),
       "correct": jnp.sum(correct * mask),
       "count": jnp.sum(mask),
   }
@@ -199,18 +211,14 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array]
 # Evaluation and the training job.
 
 
-def evaluate(p_eval_step, state: TrainState, source: Any, batch_size: int,
+def evaluate(p_eval_step, state: TrainState, batches: Any,
              mesh: jax.sharding.Mesh) -> dict[str, float]:
-  """Accuracy and loss over every example of `source`, each counted once."""
-  sums = []
-  for host_batch in input_pipeline.eval_batches(
-      source, global_batch_size=batch_size):
-    sums.append(p_eval_step(state, parallel.shard_batch(host_batch, mesh)))
+  """Accuracy, loss and count over host `batches` (padded, masked)."""
+  sums = [p_eval_step(state, parallel.shard_batch(b, mesh)) for b in batches]
   total = jax.tree.map(lambda *xs: float(np.sum(xs)), *jax.device_get(sums))
   count = max(total["count"], 1.0)
-  return {"eval/accuracy": total["correct"] / count,
-          "eval/loss": total["loss"] / count,
-          "eval/count": total["count"]}
+  return {"accuracy": total["correct"] / count,
+          "loss": total["loss"] / count, "count": total["count"]}
 
 
 def gan_eval_samples(gan_workdir: str, num_classes: int,
@@ -219,9 +227,7 @@ def gan_eval_samples(gan_workdir: str, num_classes: int,
   """Fixed class-balanced samples of an AC-GAN run, to follow how well the
   classifier does on generated images while it trains (the study's finding:
   it learns them early)."""
-  from advjax import checkpoints  # pylint: disable=g-import-not-at-top
-  gan = checkpoints.restore(gan_workdir)
-  gan._require("gan")  # pylint: disable=protected-access
+  gan = inference.restore(gan_workdir, kind="gan")
   if gan.num_classes != num_classes:
     raise UserError(f"eval.gan_workdir {gan_workdir} is a GAN with "
                     f"{gan.num_classes} classes (0 = unconditional); the "
@@ -261,6 +267,18 @@ def array_eval_batches(images: np.ndarray, labels: np.ndarray,
   return batches
 
 
+def _teacher(config: ml_collections.ConfigDict, dataset: str
+             ) -> inference.Classifier | None:
+  teacher_dir = config.get("distill", {}).get("teacher_workdir", "")
+  if not teacher_dir:
+    return None
+  teacher = inference.restore(teacher_dir, kind="classifier")
+  if teacher.config.dataset.name != dataset:
+    raise UserError(f"the teacher in {teacher_dir} was trained on "
+                    f"{teacher.config.dataset.name}, not {dataset}")
+  return teacher
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, float]:
   """Trains a classifier, resuming from `workdir` if it holds a checkpoint.
@@ -268,11 +286,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   Returns the final evaluation metrics.
   """
   t_start = time.time()
+  s = read_settings(config)
   info = input_pipeline.get_dataset_info(config.dataset.name)
   mesh = parallel.make_mesh()
   input_pipeline.validate_batch_size(config.batch_size, mesh.size,
                                      jax.process_count())
-  eval_batch_size = config.get("eval_batch_size", 0) or config.batch_size
+  eval_batch_size = s.eval_batch_size or config.batch_size
   input_pipeline.validate_batch_size(eval_batch_size, mesh.size,
                                      jax.process_count())
   data_dir = config.dataset.get("data_dir") or None
@@ -283,32 +302,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   total_steps = loop.num_train_steps(config, steps_per_epoch)
 
   model = models.create_model(config.model, info.num_classes, axis_name=AXIS,
-                              dtype=compute_dtype(config))
-  augmenter, augment_vars = augment.from_config(config, info.num_classes,
-                                                info.image_shape)
-  teacher = None
-  teacher_dir = config.get("distill", {}).get("teacher_workdir", "")
-  if teacher_dir:
-    from advjax import checkpoints  # pylint: disable=g-import-not-at-top
-    teacher = checkpoints.restore(teacher_dir)
-    teacher._require(TRAINER)  # pylint: disable=protected-access
-    if teacher.config.dataset.name != info.name:
-      raise UserError(f"the teacher in {teacher_dir} was trained on "
-                      f"{teacher.config.dataset.name}, not {info.name}")
+                              dtype=jnp.dtype(s.dtype))
+  plan, gan_variables = adversarial_training.read(config, info.num_classes,
+                                                  info.image_shape)
+  teacher = _teacher(config, info.name)
+  frozen: dict[str, Any] = {}
+  if teacher is not None:
+    frozen["teacher"] = teacher.variables
+  if gan_variables:
+    frozen["gan"] = gan_variables
+  step_settings = StepSettings(
+      label_smoothing=s.label_smoothing, temperature=s.temperature,
+      teacher=None if teacher is None else teacher.model, plan=plan)
   state = create_train_state(config, model, info.image_shape,
-                             jax.random.key(config.seed), total_steps,
-                             teacher=teacher, augment_vars=augment_vars)
-  if jax.process_index() == 0:
-    print(f"advjax: {config.model.name} with "
-          f"{models.count_params(state.params):,} parameters on "
-          f"{info.name}; {mesh.size} device(s) on {jax.process_count()} "
-          f"host(s); {total_steps} steps of batch {config.batch_size}",
-          flush=True)
-    if augmenter is not None:
-      print(f"advjax: {augmenter.mode} augmentation of "
-            f"{100 * augmenter.prop:g}% of each batch "
-            f"({'replacing' if augmenter.replace else 'added to'} real "
-            f"images), weight {augmenter.adv_weight:g}", flush=True)
+                             jax.random.key(config.seed), total_steps)
+  loop.announce(f"{config.model.name} with "
+                f"{models.count_params(state.params):,} parameters on "
+                f"{info.name}; "
+                + loop.describe_run(mesh, total_steps, config.batch_size))
+  if plan is not None:
+    a = plan.settings
+    loop.announce(f"adversarial training with {plan.adversary.label} on "
+                  f"{100 * a.prop:g}% of each batch "
+                  f"({'replacing' if a.replace else 'added to'} real "
+                  f"images), weight {a.adv_weight:g}")
 
   p_eval_step = parallel.data_parallel(eval_step, mesh,
                                        in_specs=(P(), P(AXIS)), out_specs=P())
@@ -320,26 +337,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         int(config.eval.get("gan_samples", 1000)), seed=config.seed)
     gan_batches = array_eval_batches(images, labels, eval_batch_size)
 
-  def evaluate_all(state, step):
-    del step
-    metrics = evaluate(p_eval_step, state, eval_source, eval_batch_size, mesh)
+  def evaluate_all(state, step, writer):
+    del step, writer  # scalars only: the loop writes them
+    test = evaluate(p_eval_step, state, input_pipeline.eval_batches(
+        eval_source, global_batch_size=eval_batch_size), mesh)
+    metrics = {f"eval/{k}": v for k, v in test.items()}
     if gan_batches is not None:
-      sums = [p_eval_step(state, parallel.shard_batch(b, mesh))
-              for b in gan_batches]
-      total = jax.tree.map(lambda *xs: float(np.sum(xs)),
-                           *jax.device_get(sums))
-      metrics["eval/gan_sample_accuracy"] = (total["correct"]
-                                             / max(total["count"], 1.0))
+      metrics["eval/gan_sample_accuracy"] = evaluate(
+          p_eval_step, state, gan_batches, mesh)["accuracy"]
     return metrics
 
   task = loop.Task(
       trainer=TRAINER, state=state,
-      step_fn=functools.partial(
-          train_step, label_smoothing=config.get("label_smoothing", 0.0),
-          temperature=float(config.get("temperature", 1.0)),
-          augmenter=augmenter),
+      step_fn=functools.partial(train_step, settings=step_settings),
       batch_size=config.batch_size, train_source=train_source,
-      evaluate=evaluate_all,
+      evaluate=evaluate_all, frozen=frozen,
       summary=lambda m: (f"test accuracy {100 * m['eval/accuracy']:.2f}% on "
                          f"{int(m['eval/count'])} {info.name} "
                          f"{info.eval_split} images"))

@@ -1,0 +1,228 @@
+"""Adversarial training: the study's batches of clean and crafted examples.
+
+The study "Adversarial training with Unrestricted Adversarial Examples" trains
+a classifier on batches in which a fraction `prop` of the examples is replaced
+by (or, with `replace=False`, joined by) examples of one adversary of
+`advjax.adversaries` (the mode): FGSM or PGD examples of the real images
+against the current parameters, samples of a frozen AC-GAN for their labels,
+or unrestricted adversarial examples searched in that GAN's latent space
+against the current classifier; 'none' is plain training.
+
+The loss is the weighted one of Kurakin, Goodfellow & Bengio 2017
+("Adversarial Machine Learning at Scale"), which the study uses:
+
+  L = (n_c * CE_clean + w * n_a * CE_aug) / (n_c + w * n_a)
+
+with n_c clean and n_a crafted examples in the batch, CE_clean / CE_aug the
+mean cross-entropies over each part and w = `adv_weight`.
+
+Config: `config.adversarial_training` (absent means mode 'none') holds the
+fields of `Settings` and, under each adversary's name, that adversary's
+settings (`configs/common.py` writes them all with their defaults):
+
+    config.adversarial_training.mode = "pgd"
+    config.adversarial_training.pgd.num_steps = 3
+
+The crafted examples are the first `round(prop * b)` of each device's `b`
+examples (batches are shuffled, so this is a random subset). The adversaries
+run with BatchNorm in inference mode (running statistics, no update) and no
+gradient reaches the parameters through them. Every crafted example is used,
+whether or not it fools the model; for adversaries that report success
+(unrestricted) the logged `attack_success_rate` says how many did. The frozen
+GAN's variables are inputs of the compiled step (`frozen['gan']`), never part
+of the train state or its checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from advjax import adversaries, inference
+from advjax import settings as settings_lib
+from advjax.errors import UserError
+
+SECTION = "adversarial_training"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """The mixing of clean and crafted examples (see the module docstring).
+
+  gan_workdir: the AC-GAN run adversaries with `uses_gan` sample from;
+  gan_ema: use the moving average of its generator's weights when kept.
+  """
+  mode: str = "none"
+  prop: float = 0.5
+  adv_weight: float = 0.3
+  replace: bool = True
+  gan_workdir: str = ""
+  gan_ema: bool = True
+
+  def __post_init__(self):
+    settings_lib.check_choice(self, "mode", adversaries.training_modes())
+    settings_lib.check_in_unit_interval(self, "prop")
+    settings_lib.check_nonnegative(self, "adv_weight")
+
+
+def default_block(mode: str = "none", **fields: Any
+                  ) -> ml_collections.ConfigDict:
+  """`config.adversarial_training` with every default: the mixing settings
+  and a block per registered adversary."""
+  block = settings_lib.to_block(Settings, mode=mode, **fields)
+  for name, values in adversaries.default_blocks().items():
+    block[name] = ml_collections.ConfigDict(values)
+  return block
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """The static part of adversarial training, read once from the config:
+  hashable, so the compiled step takes it as a constant; the frozen GAN's
+  variables travel separately, as step inputs."""
+  settings: Settings
+  adversary: adversaries.Adversary
+  adversary_settings: Any
+  generator: Any = None
+  discriminator: Any = None
+  latent_dim: int = 0
+
+  def num_crafted(self, batch_size: int) -> int:
+    """Crafted examples among a device's `batch_size`: round(prop * b)."""
+    return int(math.floor(self.settings.prop * batch_size + 0.5))
+
+  def num_clean(self, batch_size: int) -> int:
+    """Clean examples left in a device's batch."""
+    if self.settings.replace:
+      return batch_size - self.num_crafted(batch_size)
+    return batch_size
+
+  def target(self, logits_fn: Callable[[jax.Array], jax.Array],
+             gan_variables: Any) -> adversaries.Target:
+    """The adversary's target: the classifier, and the frozen GAN."""
+    if not self.adversary.uses_gan:
+      return adversaries.Target(logits_fn)
+    gen, g_vars = self.generator, gan_variables["generator"]
+    aux = None
+    if self.discriminator is not None:
+      disc, d_vars = self.discriminator, gan_variables["discriminator"]
+      aux = lambda x: disc.apply(d_vars, x, None, train=False)["logits"]
+    return adversaries.Target(logits_fn, adversaries.FrozenGAN(
+        generate=lambda z, y: gen.apply(g_vars, z, y, train=False),
+        aux_logits=aux, latent_dim=self.latent_dim))
+
+
+def read(config: ml_collections.ConfigDict, num_classes: int,
+         image_shape: tuple[int, ...]) -> tuple[Plan | None, dict[str, Any]]:
+  """The plan of `config.adversarial_training` and the frozen GAN's
+  variables ({} without one).
+
+  (None, {}) for mode 'none'. For adversaries that use a GAN, the AC-GAN of
+  `gan_workdir` is restored once; it must generate `image_shape` images of
+  the classifier's `num_classes` classes.
+  """
+  block = settings_lib.plain(config.get(SECTION))
+  names = set(adversaries.ADVERSARIES)
+  per_adversary = {k: block.pop(k) for k in list(block) if k in names}
+  s = settings_lib.from_block(Settings, block, SECTION)
+  for name, values in per_adversary.items():  # every block is checked
+    adversaries.get(name).read(values, f"{SECTION}.{name}")
+  if s.mode == "none":
+    return None, {}
+  adversary = adversaries.get(s.mode)
+  plan = Plan(s, adversary, adversary.read(per_adversary.get(s.mode),
+                                           f"{SECTION}.{s.mode}"))
+  if not adversary.uses_gan:
+    return plan, {}
+  gan = _restore_gan(s, num_classes, image_shape)
+  frozen = {"generator": gan.generator_variables(ema=s.gan_ema)}
+  discriminator = None
+  if adversary.uses_aux_classifier:
+    gan.aux_logits_fn()  # a one-line error unless it is an AC-GAN
+    discriminator = gan.discriminator
+    frozen["discriminator"] = gan.discriminator_variables()
+  plan = dataclasses.replace(plan, generator=gan.generator,
+                             discriminator=discriminator,
+                             latent_dim=gan.latent_dim)
+  return plan, frozen
+
+
+def _restore_gan(s: Settings, num_classes: int,
+                 image_shape: tuple[int, ...]) -> inference.GAN:
+  if not s.gan_workdir:
+    raise UserError(f"config.{SECTION}.mode '{s.mode}' needs "
+                    f"config.{SECTION}.gan_workdir, the work directory of a "
+                    f"trained AC-GAN")
+  gan = inference.restore(s.gan_workdir, kind="gan")
+  shape = tuple(gan.dataset.image_shape)
+  if gan.num_classes != num_classes or shape != tuple(image_shape):
+    raise UserError(
+        f"the GAN in {s.gan_workdir} makes {shape} images of "
+        f"{gan.num_classes} classes; the classifier needs "
+        f"{tuple(image_shape)} images of {num_classes} classes")
+  return gan
+
+
+def craft_batch(plan: Plan, target: adversaries.Target,
+                batch: dict[str, jax.Array], rng: jax.Array
+                ) -> dict[str, Any]:
+  """This device's training batch with its crafted examples.
+
+  The first k = round(prop * b) examples are the sources of the crafted
+  ones; with `replace` the rest stay clean (n_c = b - k), else all b do
+  (n_c = b).
+
+  Returns a dict: 'image' and 'label' ([n_c + n_a, ...], clean first), the
+  static ints 'num_clean' and 'num_aug', 'source_image' (the k real images
+  the crafted examples stand for) and the adversary's extras ('latent',
+  'success').
+  """
+  images, labels = batch["image"], batch["label"]
+  k = plan.num_crafted(images.shape[0])
+  clean_images, clean_labels = ((images[k:], labels[k:])
+                                if plan.settings.replace
+                                else (images, labels))
+  out = {"num_clean": clean_images.shape[0], "num_aug": k,
+         "source_image": images[:k]}
+  if k == 0:
+    out.update(image=clean_images, label=clean_labels)
+    return out
+  crafted = plan.adversary.craft(plan.adversary_settings, target, images[:k],
+                                 labels[:k], rng)
+  crafted = dict(crafted)
+  aug_images = jax.lax.stop_gradient(crafted.pop("image"))
+  out.update(crafted)
+  out["image"] = jnp.concatenate([clean_images, aug_images], axis=0)
+  out["label"] = jnp.concatenate([clean_labels, labels[:k]], axis=0)
+  return out
+
+
+def weighted_loss(ce_clean: jax.Array, ce_aug: jax.Array, num_clean: int,
+                  num_aug: int, adv_weight: float) -> jax.Array:
+  """(n_c * CE_clean + w * n_a * CE_aug) / (n_c + w * n_a), Kurakin et al.
+  2017; `ce_*` are the mean cross-entropies of each part."""
+  w = adv_weight
+  return ((num_clean * ce_clean + w * num_aug * ce_aug)
+          / (num_clean + w * num_aug))
+
+
+def split_losses(per_example: jax.Array, logits: jax.Array,
+                 labels: jax.Array, num_clean: int, num_aug: int,
+                 adv_weight: float) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """The weighted loss and the clean/crafted metrics of one device.
+
+  `per_example` is the cross-entropy of each example, clean ones first.
+  """
+  correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+  ce_clean = per_example[:num_clean].mean()
+  ce_aug = per_example[num_clean:].mean()
+  loss = weighted_loss(ce_clean, ce_aug, num_clean, num_aug, adv_weight)
+  metrics = {"clean_loss": ce_clean,
+             "clean_accuracy": correct[:num_clean].mean(),
+             "aug_loss": ce_aug, "aug_accuracy": correct[num_clean:].mean()}
+  return loss, metrics

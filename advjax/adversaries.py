@@ -1,0 +1,259 @@
+"""The adversaries of the study, by name: one registry for training,
+evaluation and the study runner.
+
+An adversary turns a batch (images, labels) into the examples a classifier
+is trained or tested on: a perturbation attack (FGSM, PGD, ...), the samples
+of a frozen class-conditional GAN for the batch's labels, or unrestricted
+adversarial examples searched in that GAN's latent space. Each entry is one
+function and one `register` line:
+
+    @dataclasses.dataclass(frozen=True)
+    class NoiseSettings:
+      eps: float = 0.1
+
+    @register("noise", NoiseSettings)
+    def _noise(s, target, images, labels, rng):
+      return {"image": images + s.eps * jax.random.rademacher(rng, images.shape)}
+
+and then `config.adversarial_training.mode = "noise"` trains with it (its
+settings under `config.adversarial_training.noise`), `python -m
+advjax.evaluate --attacks=noise` reports accuracy under it for every eps,
+and `experiments/study.py` compares it with the other modes.
+
+A craft function is `craft(settings, target, images, labels, rng)` with
+`target` a `Target` (the classifier's `logits_fn`, and the frozen GAN for
+entries registered with `uses_gan` or `uses_aux_classifier`); it returns a dict with 'image' (the
+crafted images, [B, H, W, C] in [-1, 1]) and optional extras: 'success'
+(bool [B], for attacks that know whether they fooled the classifier) and
+'latent' (the GAN's z). Craft functions are traced inside the compiled train
+step (entries with `trains=False`, like AutoAttack, run only in reports).
+Norm-bounded entries (`norm_bounded`, the default) have an `eps` setting and
+are evaluated at each eps of a report.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from advjax import attacks
+from advjax import settings as settings_lib
+from advjax.errors import UserError
+from advjax.models import gans
+
+Crafted = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenGAN:
+  """A class-conditional GAN an adversary reads (never trains).
+
+  `generate(z, labels)` gives images in [-1, 1]; `aux_logits(images)` the
+  AC-GAN discriminator's class logits (None without a class head).
+  """
+  generate: Callable[[jax.Array, jax.Array], jax.Array]
+  aux_logits: Callable[[jax.Array], jax.Array] | None
+  latent_dim: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+  """What an adversary attacks: the classifier (eval mode), and the frozen
+  GAN for adversaries that use one."""
+  logits_fn: Callable[[jax.Array], jax.Array]
+  gan: FrozenGAN | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Adversary:
+  """One registry entry (see the module docstring).
+
+  Attributes:
+    name: the name configs and flags use.
+    craft: `craft(settings, target, images, labels, rng) -> dict`.
+    settings: the frozen dataclass of its settings; its defaults are the
+      training defaults.
+    uses_gan: needs `target.gan` (a class-conditional GAN to sample from).
+    uses_aux_classifier: also needs the GAN's AC-GAN class head
+      (`target.gan.aux_logits`).
+    norm_bounded: has an `eps` setting; evaluated per eps in reports.
+    trains: can run inside the compiled train step (adversarial training).
+    evaluation: settings a robustness report uses instead of the training
+      defaults (e.g. FGSM is evaluated against the true label at a fixed eps).
+    label: how reports and tables name it.
+  """
+  name: str
+  craft: Callable[..., Crafted]
+  settings: type
+  uses_gan: bool = False
+  uses_aux_classifier: bool = False
+  norm_bounded: bool = True
+  trains: bool = True
+  evaluation: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  label: str = ""
+
+  def read(self, block: Any, where: str, **overrides: Any) -> Any:
+    """The entry's settings from a config block (checked once)."""
+    return settings_lib.from_block(self.settings, block, where, **overrides)
+
+  def evaluation_defaults(self) -> Any:
+    """What a report uses unless told otherwise: the defaults with
+    `evaluation` applied."""
+    return self.settings(**self.evaluation)
+
+  def evaluation_settings(self, block: Any = None, where: str = "",
+                          eps: float | None = None) -> Any:
+    """A report's settings: `block` (e.g. `--attack.<name>.*` flags) over
+    `evaluation_defaults()`, at the row's `eps`."""
+    values = dataclasses.asdict(self.evaluation_defaults())
+    values.update(settings_lib.plain(block))
+    if eps is not None and self.norm_bounded:
+      values["eps"] = float(eps)
+    return settings_lib.from_block(self.settings, values,
+                                   where or f"attack.{self.name}")
+
+
+# name -> entry; `register` adds one.
+ADVERSARIES: dict[str, Adversary] = {}
+
+
+def register(name: str, settings: type, *, uses_gan: bool = False,
+             uses_aux_classifier: bool = False, norm_bounded: bool = True, trains: bool = True,
+             evaluation: Mapping[str, Any] | None = None,
+             label: str = "") -> Callable[[Callable], Callable]:
+  """Decorator: adds `craft` to the registry as `name`."""
+  if name in ADVERSARIES or name == "none":
+    raise ValueError(f"adversary '{name}' is already registered")
+  if norm_bounded and "eps" not in {f.name for f in
+                                    dataclasses.fields(settings)}:
+    raise ValueError(f"norm-bounded adversary '{name}' needs an 'eps' "
+                     f"setting")
+
+  def add(craft: Callable) -> Callable:
+    ADVERSARIES[name] = Adversary(
+        name=name, craft=craft, settings=settings,
+        uses_gan=uses_gan or uses_aux_classifier,
+        uses_aux_classifier=uses_aux_classifier, norm_bounded=norm_bounded, trains=trains,
+        evaluation=dict(evaluation or {}), label=label or name)
+    return craft
+  return add
+
+
+def get(name: str) -> Adversary:
+  """The entry `name`; a UserError lists the registered ones."""
+  if name not in ADVERSARIES:
+    raise UserError(f"unknown adversary '{name}'; registered: "
+                    f"{sorted(ADVERSARIES)}")
+  return ADVERSARIES[name]
+
+
+def training_modes() -> list[str]:
+  """'none' and every adversary that can run inside a train step."""
+  return ["none"] + [n for n, a in ADVERSARIES.items() if a.trains]
+
+
+def default_blocks() -> dict[str, dict[str, Any]]:
+  """Every entry's settings with their defaults, by name (config blocks)."""
+  return {name: dataclasses.asdict(a.settings())
+          for name, a in ADVERSARIES.items()}
+
+
+# ---------------------------------------------------------------------------
+# The entries.
+
+
+@dataclasses.dataclass(frozen=True)
+class FGSMSettings:
+  """Fast Gradient Sign Method (Goodfellow et al. 2015)."""
+  eps: float = 0.1
+
+  def __post_init__(self):
+    settings_lib.check_nonnegative(self, "eps")
+
+
+@register("fgsm", FGSMSettings, label="FGSM")
+def _fgsm(s: FGSMSettings, target: Target, images, labels, rng) -> Crafted:
+  del rng
+  return {"image": attacks.fgsm(target.logits_fn, images, labels, s.eps)}
+
+
+@dataclasses.dataclass(frozen=True)
+class PGDSettings:
+  """Projected gradient descent (Madry et al. 2018): `num_steps` steps of
+  `rel_step_size * eps` from a random start in the eps-ball."""
+  eps: float = 0.1
+  num_steps: int = 7
+  rel_step_size: float = 0.25
+  random_start: bool = True
+  norm: str = "linf"
+
+  def __post_init__(self):
+    settings_lib.check_nonnegative(self, "eps", "num_steps", "rel_step_size")
+    settings_lib.check_choice(self, "norm", ("linf", "l2"))
+
+
+@register("pgd", PGDSettings, evaluation=dict(num_steps=10), label="PGD")
+def _pgd(s: PGDSettings, target: Target, images, labels, rng) -> Crafted:
+  return {"image": attacks.pgd(
+      target.logits_fn, images, labels, rng, eps=s.eps,
+      step_size=s.rel_step_size * s.eps, num_steps=s.num_steps,
+      norm=s.norm, random_start=s.random_start)}
+
+
+@dataclasses.dataclass(frozen=True)
+class GANSamplesSettings:
+  """Samples G(z, y) of the frozen AC-GAN for the batch's labels y."""
+
+
+@register("gan", GANSamplesSettings, uses_gan=True, norm_bounded=False,
+          label="AC-GAN samples")
+def _gan_samples(s: GANSamplesSettings, target: Target, images, labels,
+                 rng) -> Crafted:
+  del s
+  z = gans.sample_latents(rng, images.shape[0], target.gan.latent_dim)
+  out = target.gan.generate(z, labels)
+  return {"image": out.astype(jnp.float32), "latent": z}
+
+
+@dataclasses.dataclass(frozen=True)
+class UnrestrictedSettings:
+  """Song et al. 2018's latent search (`attacks.unrestricted_attack`) from
+  z0 ~ N(0, I), source class = the true label; the study's settings."""
+  num_steps: int = 500
+  learning_rate: float = 0.1
+  eps_z: float = 0.1
+  lambda_z: float = 0.1
+  lambda_aux: float = 0.1
+  noise_eps: float = 0.0
+  langevin: bool = True
+  targeted: bool = False
+
+  def __post_init__(self):
+    settings_lib.check_nonnegative(self, "num_steps", "learning_rate",
+                                   "eps_z", "lambda_z", "lambda_aux",
+                                   "noise_eps")
+
+
+@register("unrestricted", UnrestrictedSettings, uses_aux_classifier=True,
+          norm_bounded=False, label="unrestricted examples")
+def _unrestricted(s: UnrestrictedSettings, target: Target, images, labels,
+                  rng) -> Crafted:
+  z_rng, attack_rng = jax.random.split(rng)
+  z0 = gans.sample_latents(z_rng, images.shape[0], target.gan.latent_dim)
+  target_labels = None
+  if s.targeted:
+    num_classes = jax.eval_shape(target.logits_fn, images).shape[-1]
+    shift = jax.random.randint(jax.random.fold_in(attack_rng, 1),
+                               labels.shape, 1, num_classes)
+    target_labels = (labels + shift) % num_classes
+  out = attacks.unrestricted_attack(
+      target.gan.generate, target.gan.aux_logits, target.logits_fn, z0,
+      labels, attack_rng, target_labels=target_labels,
+      num_steps=s.num_steps, learning_rate=s.learning_rate, eps_z=s.eps_z,
+      lambda_z=s.lambda_z, lambda_aux=s.lambda_aux, noise_eps=s.noise_eps,
+      langevin=s.langevin)
+  return {"image": out["images"].astype(jnp.float32), "latent": z0,
+          "success": out["success"]}

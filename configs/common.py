@@ -1,0 +1,72 @@
+"""The blocks every config repeats, in one place.
+
+Config files import this with `common = config_utils.sibling("common")`.
+Blocks of settings the library reads into a dataclass (optimisers, the GAN
+and CycleGAN trainers, adversarial training) start from that dataclass's
+defaults, so each default is written once, in the library; a config states
+only what it changes.
+"""
+
+import ml_collections
+
+from advjax import adversarial_training as adversarial_training_lib
+from advjax import checkpoints
+from advjax import optimizers
+from advjax import settings
+from advjax.trainers import cyclegan as cyclegan_trainer
+from advjax.trainers import gan as gan_trainer
+
+
+def experiment(trainer: str, dataset_name: str, *, batch_size: int,
+               num_epochs: float = -1.0, num_train_steps: int = -1,
+               crop_flip: bool = False) -> ml_collections.ConfigDict:
+  """The top of every config: trainer, seed, dataset, compute dtype, batch
+  and length, logging, evaluation and checkpoint intervals."""
+  config = ml_collections.ConfigDict()
+  config.trainer = trainer
+  config.seed = 0
+  config.dataset = dataset(dataset_name, crop_flip=crop_flip)
+  config.dtype = "float32"  # compute dtype; 'bfloat16' on TPU/GPU
+  config.batch_size = batch_size  # global, over all devices and hosts
+  config.num_epochs = float(num_epochs)
+  config.num_train_steps = num_train_steps  # > 0 overrides num_epochs
+  config.log_every_steps = 100
+  config.eval_every_steps = -1  # -1: once per epoch
+  config.progress_bar = True
+  config.checkpoint = checkpoint()
+  return config
+
+
+def dataset(name: str, *, crop_flip: bool = False
+            ) -> ml_collections.ConfigDict:
+  """A tfds dataset; data_dir '' = tfds's default (~/tensorflow_datasets);
+  crop_flip: random crop with 4-pixel padding and horizontal flip (CIFAR)."""
+  return ml_collections.ConfigDict(dict(name=name, data_dir="",
+                                        crop_flip=crop_flip))
+
+
+def checkpoint(**fields) -> ml_collections.ConfigDict:
+  """Checkpoint intervals and retention (`advjax.checkpoints.Settings`)."""
+  return settings.to_block(checkpoints.Settings, **fields)
+
+
+def optimizer(**fields) -> ml_collections.ConfigDict:
+  """An optimiser block (`advjax.optimizers.OptimizerSettings`)."""
+  return settings.to_block(optimizers.OptimizerSettings, **fields)
+
+
+def gan(**fields) -> ml_collections.ConfigDict:
+  """The GAN trainer's block (`advjax.trainers.gan.Settings`)."""
+  return settings.to_block(gan_trainer.Settings, **fields)
+
+
+def cyclegan(**fields) -> ml_collections.ConfigDict:
+  """The CycleGAN trainer's block (`advjax.trainers.cyclegan.Settings`)."""
+  return settings.to_block(cyclegan_trainer.Settings, **fields)
+
+
+def adversarial_training(mode: str = "none",
+                         **fields) -> ml_collections.ConfigDict:
+  """`config.adversarial_training`: the mixing settings and every
+  adversary's settings under its name (`advjax.adversarial_training`)."""
+  return adversarial_training_lib.default_block(mode, **fields)
