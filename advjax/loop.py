@@ -8,9 +8,10 @@ between those intervals: per-step metrics stay on the devices until a log
 step averages them.
 
 Non-finite losses: trainers wrap their update in `guard_nonfinite`, which
-keeps the old state once a loss is not finite and records the step in
-`state.bad_step`; the loop checks it at log and checkpoint steps and stops
-with `TrainingDiverged` naming that step, so no saved state is ever poisoned.
+keeps the old state once a loss or the updated state is not finite and
+records the step in `state.bad_step`; the loop checks it at log and
+checkpoint steps and stops with `TrainingDiverged` naming that step, so no
+saved state is ever poisoned.
 """
 
 from __future__ import annotations
@@ -32,13 +33,32 @@ from advjax.metric_writers import MetricWriter
 from advjax.parallel import AXIS
 
 
-def guard_nonfinite(old: Any, new: Any, loss: jax.Array) -> Any:
-  """`new`, unless `loss` is not finite (or was before): then `old`.
+def all_finite(tree: Any) -> jax.Array:
+  """Whether every floating-point leaf of `tree` is finite (a bool array).
 
-  Works for any flax struct with `step` and `bad_step` fields. The step
-  counter always advances; `bad_step` keeps the first bad step.
+  One reduction per leaf: sum(x * 0) is 0 when x is finite and NaN once an
+  element is +-inf or NaN, so a single `isfinite` of the total decides.
+  Integer, boolean and PRNG-key leaves are skipped. Usable under jit.
   """
-  ok = jnp.isfinite(loss) & (old.bad_step < 0)
+  leaves = [x for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  if not leaves:
+    return jnp.asarray(True)
+  return jnp.isfinite(sum(jnp.sum(x * 0, dtype=jnp.float32) for x in leaves))
+
+
+def guard_nonfinite(old: Any, new: Any, loss: jax.Array) -> Any:
+  """`new`, unless `loss` or an updated leaf of `new` is not finite (or
+  was before): then `old`.
+
+  An update can overflow the parameters or the optimiser state while the
+  loss of its step, computed before the update, is finite. Leaves that the
+  step passed through unchanged (frozen teacher or GAN variables) are not
+  checked. Works for any flax struct with `step` and `bad_step` fields. The
+  step counter always advances; `bad_step` keeps the first bad step.
+  """
+  updated = jax.tree.map(lambda n, o: None if n is o else n, new, old)
+  ok = jnp.isfinite(loss) & all_finite(updated) & (old.bad_step < 0)
   kept = jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
   bad_step = jnp.where(ok | (old.bad_step >= 0), old.bad_step, old.step)
   return kept.replace(step=old.step + 1, bad_step=bad_step.astype(jnp.int32))

@@ -81,6 +81,31 @@ def test_non_finite_loss_freezes_state_and_names_the_step():
     loop.check_finite(state, last_saved_step=None, workdir="/tmp/x")
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast")
+def test_update_to_infinite_params_is_refused_although_its_loss_is_finite():
+  config = _config()
+  config.optimizer.learning_rate = 1e39  # inf in float32: params become inf.
+  config.optimizer.momentum = 0.0
+  losses, state, snapshots = _train(jax.devices()[:2], _batches(2), config)
+  assert np.isfinite(losses).all()
+  assert int(state.bad_step) == 0
+  initial = _train(jax.devices()[:1], [], config)[1].params
+  for a, b in zip(jax.tree.leaves(initial), jax.tree.leaves(snapshots[-1])):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_all_finite_looks_at_every_floating_leaf_only():
+  tree = {"w": jnp.ones((3, 2)), "h": jnp.ones(2, jnp.bfloat16),
+          "step": jnp.asarray(7), "key": jax.random.key(0), "empty": {}}
+  assert bool(jax.jit(loop.all_finite)(tree))
+  for bad in (jnp.inf, -jnp.inf, jnp.nan):
+    assert not bool(jax.jit(loop.all_finite)(
+        dict(tree, h=tree["h"].at[1].set(bad))))
+  # Huge but finite values do not overflow the check.
+  assert bool(loop.all_finite({"w": jnp.full((1000,), 3e38)}))
+  assert bool(loop.all_finite({"n": jnp.arange(3)}))
+
+
 def test_finite_training_never_trips_the_guard():
   _, state, snapshots = _train(jax.devices()[:1], _batches(3))
   assert int(state.bad_step) == -1
