@@ -18,6 +18,7 @@ the values are concrete, i.e. outside of tracing.
 
 import functools
 import inspect
+import re
 from typing import Any, Callable, Optional
 
 import jax
@@ -90,7 +91,10 @@ def _output_shape(fn: Callable, name: str, what: str, advice: str, *args):
   except UserError:
     raise
   except Exception as e:  # pylint: disable=broad-except
-    first = (str(e).strip().splitlines() or [''])[0][:160]
+    first = (str(e).strip().splitlines() or [''])[0]
+    first = re.sub(r'\s*\(https?://[^)]*\)\s*$', '', first)  # Doc links.
+    if len(first) > 240:
+      first = first[:237] + '...'
     raise UserError(
         f'{name} cannot take {what} of shape {tuple(jnp.shape(args[0]))} '
         f'({type(e).__name__}: {first}); {advice}') from e
