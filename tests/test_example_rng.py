@@ -1,8 +1,5 @@
 """Per-example random draws: one run, whatever the number of devices."""
 
-import functools
-from typing import Any
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -67,19 +64,19 @@ def test_per_example_latents_do_not_depend_on_the_device_count():
 
 
 class _Net(nn.Module):
-  dropout: Any = None
 
   @nn.compact
   def __call__(self, x, train):
     x = nn.Dense(16)(x)
     x = nn.BatchNorm(use_running_average=not train, axis_name=AXIS)(x)
-    x = self.dropout(0.5, deterministic=not train)(nn.relu(x))
+    x = example_rng.ExampleDropout(0.5, deterministic=not train,
+                                   axis_name=AXIS)(nn.relu(x))
     return nn.Dense(3)(x)
 
 
-def _losses(num_devices, dropout, key_fn, steps=3):
+def _losses(num_devices, steps=3):
   """Losses of `steps` SGD steps of _Net on a fixed batch of 8."""
-  net = _Net(dropout)
+  net = _Net()
   gen = np.random.default_rng(0)
   x = jnp.asarray(gen.normal(size=(8, 6)), jnp.float32)
   y = jnp.asarray(gen.integers(0, 3, 8), jnp.int32)
@@ -87,7 +84,7 @@ def _losses(num_devices, dropout, key_fn, steps=3):
   tx = optax.sgd(0.5)
 
   def step(batch, params, stats, opt_state, i):
-    rng = key_fn(jax.random.key(1), i)
+    rng = example_rng.step_key(jax.random.key(1), i)
 
     def loss_fn(params):
       logits, updates = net.apply(
@@ -117,12 +114,6 @@ def _losses(num_devices, dropout, key_fn, steps=3):
 
 
 def test_training_with_example_dropout_is_the_same_run_on_one_and_four_devices():
-  dropout = functools.partial(example_rng.ExampleDropout, axis_name=AXIS)
-  one = _losses(1, dropout, example_rng.step_key)
-  four = _losses(4, dropout, example_rng.step_key)
+  one, four = _losses(1), _losses(4)
   np.testing.assert_allclose(one, four, rtol=1e-5)
   assert abs(one[-1] - one[0]) > 1e-3
-  # Today's flax dropout with device-folded keys: two different runs.
-  flax_one = _losses(1, nn.Dropout, parallel.device_rng)
-  flax_four = _losses(4, nn.Dropout, parallel.device_rng)
-  assert not np.allclose(flax_one, flax_four, rtol=1e-3)
