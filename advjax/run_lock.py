@@ -31,6 +31,13 @@ What is guaranteed:
     that calls `check()` before each checkpoint save never saves into a
     directory another run holds.
 
+Release: leaving `with RunLock(workdir):` (also by KeyboardInterrupt) or
+interpreter exit (atexit) removes the file if it is still ours. SIGTERM's
+default action ends Python without either: a handler that raises (SystemExit)
+makes it release. A process killed outright (SIGKILL, power loss) leaves the
+file; the next run on this machine takes it over at once, one elsewhere after
+`stale_after_s`.
+
 Only process 0 of a multi-host run takes the lock; the others rely on it.
 """
 
