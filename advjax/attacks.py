@@ -18,6 +18,7 @@ the values are concrete, i.e. outside of tracing.
 
 import functools
 import inspect
+import re
 from typing import Any, Callable, Optional
 
 import jax
@@ -56,7 +57,7 @@ def check_attack_inputs(x, y=None, num_classes: Optional[int] = None,
         f'attack input x must be floating point (float32 in [-1, 1]), got '
         f'dtype {jnp.result_type(x)}; convert with x.astype(jnp.float32).')
   if eps is not None and _is_concrete(eps):
-    if np.any(np.asarray(eps) < 0):
+    if not np.all(np.asarray(eps) >= 0):
       raise UserError(f'eps must be >= 0, got {eps}.')
   if y is None:
     return
@@ -82,9 +83,34 @@ def check_attack_inputs(x, y=None, num_classes: Optional[int] = None,
           f'classifier, got values in [{lo}, {hi}].')
 
 
+def _output_shape(fn: Callable, name: str, what: str, advice: str, *args):
+  """`jax.eval_shape(fn, *args)`; a function that cannot take the inputs
+  (wrong layout or size) is a UserError naming them, ending in `advice`."""
+  try:
+    return jax.eval_shape(fn, *args)
+  except UserError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    first = (str(e).strip().splitlines() or [''])[0]
+    first = re.sub(r'\s*\(https?://[^)]*\)\s*$', '', first)  # Doc links.
+    if len(first) > 240:
+      first = first[:237] + '...'
+    raise UserError(
+        f'{name} cannot take {what} of shape {tuple(jnp.shape(args[0]))} '
+        f'({type(e).__name__}: {first}); {advice}') from e
+
+
+def _image_advice(shape) -> str:
+  if len(shape) == 4 and shape[1] in (1, 3) and shape[3] not in (1, 3):
+    return 'images are NHWC: for NCHW pass x.transpose(0, 2, 3, 1).'
+  return ('pass NHWC images of the height, width and channels the model was '
+          'trained on.')
+
+
 def _num_classes(logits_fn: LogitsFn, x, name: str = 'logits_fn') -> int:
   """Number of classes, from the output shape (no computation is run)."""
-  out = jax.eval_shape(logits_fn, x)
+  out = _output_shape(logits_fn, name, 'images',
+                      _image_advice(jnp.shape(x)), x)
   if len(out.shape) != 2 or out.shape[0] != jnp.shape(x)[0]:
     raise UserError(
         f'{name} must map [B, H, W, C] images to [B, K] logits, got output '
@@ -196,7 +222,7 @@ def pgd(logits_fn: LogitsFn, x, y, rng, *, eps, step_size, num_steps: int,
   if norm not in _NORMS:
     raise UserError(f"norm must be one of {_NORMS}, got {norm!r}.")
   _validate(logits_fn, x, y, eps, clip_min, clip_max)
-  if _is_concrete(step_size) and np.any(np.asarray(step_size) < 0):
+  if _is_concrete(step_size) and not np.all(np.asarray(step_size) >= 0):
     raise UserError(f'step_size must be >= 0, got {step_size}.')
   if isinstance(num_steps, int) and num_steps < 0:
     raise UserError(f'num_steps must be >= 0, got {num_steps}.')
@@ -258,7 +284,7 @@ def _check_label_vector(name, y, batch_size, num_classes=None):
 
 def _check_nonnegative(**values):
   for name, v in values.items():
-    if _is_concrete(v) and np.any(np.asarray(v) < 0):
+    if _is_concrete(v) and not np.all(np.asarray(v) >= 0):
       raise UserError(f'{name} must be >= 0, got {v}.')
 
 
@@ -461,8 +487,10 @@ def unrestricted_attack(generate_fn: Callable[[jax.Array, jax.Array],
         f'optimizer must be an optax GradientTransformation (e.g. '
         f'optax.adam(1e-2)) or None, got {type(optimizer).__name__}.')
 
-  image_struct = jax.eval_shape(generate_fn, jnp.asarray(z0),
-                                jnp.asarray(source_labels))
+  image_struct = _output_shape(
+      generate_fn, 'generate_fn', 'latents z0',
+      "z0 must be [B, D] with the GAN's latent size D (config.model."
+      'latent_dim).', jnp.asarray(z0), jnp.asarray(source_labels))
   if len(image_struct.shape) != 4 or image_struct.shape[0] != batch:
     raise UserError(
         f'generate_fn must map (z [B, D], labels [B]) to [B, H, W, C] images, '

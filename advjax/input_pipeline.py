@@ -20,6 +20,7 @@ global batch does not depend on how many hosts read it:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import difflib
 import functools
@@ -27,6 +28,7 @@ import gzip
 import io
 import os
 import queue
+import socket
 import sys
 import threading
 import weakref
@@ -209,11 +211,45 @@ def _one_line(e: BaseException) -> str:
   return f"{type(e).__name__}: {text[:200]}"
 
 
+@contextlib.contextmanager
+def _preparing(builder, name: str) -> Iterator[None]:
+  """Holds `<data dir>/<name>.prepare.lock` while this process prepares
+  `name`; waits, with a message, while another process holds it.
+
+  An advisory `flock`: the kernel releases it when its holder exits, however
+  it ends, so a killed preparation leaves no lock to clean up. The file
+  itself stays (removing it would let a waiter lock a deleted file).
+  """
+  import fcntl  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.fspath(builder.data_dir)))
+  os.makedirs(root, exist_ok=True)
+  path = os.path.join(root, f"{name}.prepare.lock")
+  with open(path, "a+", encoding="utf-8") as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      f.seek(0)
+      holder = f.read().strip() or "another process"
+      print(f"advjax: waiting for {holder} to finish preparing {name} in "
+            f"{root}", flush=True)
+      fcntl.flock(f, fcntl.LOCK_EX)
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}")
+    f.flush()
+    try:
+      yield
+    finally:
+      f.truncate(0)
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def prepare(name: str, data_dir: str | None = None) -> None:
   """Builds `name` once in array_record format (needs tensorflow, via tfds).
 
   Fashion-MNIST is built from the local Debian files when present; the other
-  datasets are downloaded by tfds.
+  datasets are downloaded by tfds. Processes preparing the same dataset at
+  once take turns (`_preparing`); the later ones use the first one's result.
   """
   info = get_dataset_info(name)
   data_dir = _check_data_dir(data_dir)
@@ -229,20 +265,26 @@ def prepare(name: str, data_dir: str | None = None) -> None:
     how = "by downloading it"
   if builder.is_prepared():
     return
-  try:
-    builder.download_and_prepare(download_config=config,
-                                 file_format="array_record")
-  except (KeyboardInterrupt, UserError):
-    raise
-  except Exception as e:  # pylint: disable=broad-except
-    fix = ("pip install 'advjax[prepare]' (tensorflow is needed once to "
-           "prepare) and run once with internet: python -m "
-           f"advjax.input_pipeline --dataset={info.name}")
-    if info.name == "fashion_mnist":
-      fix += (" -- or offline: apt-get install dataset-fashion-mnist (or set "
-              f"{FASHION_MNIST_ENV} to a folder with the 4 idx .gz files)")
-    raise UserError(f"could not prepare {info.name} {how} "
-                    f"({_one_line(e)}); {fix}") from e
+  with _preparing(builder, info.name):
+    if builder.is_prepared():  # Another process prepared it meanwhile.
+      return
+    try:
+      builder.download_and_prepare(download_config=config,
+                                   file_format="array_record")
+    except (KeyboardInterrupt, UserError):
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      if builder.is_prepared():  # Finished by a process outside the lock.
+        return
+      fix = ("pip install 'advjax[prepare]' (tensorflow is needed once to "
+             "prepare) and run once with internet: python -m "
+             f"advjax.input_pipeline --dataset={info.name}")
+      if info.name == "fashion_mnist":
+        fix += (" -- or offline: apt-get install dataset-fashion-mnist (or "
+                f"set {FASHION_MNIST_ENV} to a folder with the 4 idx .gz "
+                "files)")
+      raise UserError(f"could not prepare {info.name} {how} "
+                      f"({_one_line(e)}); {fix}") from e
 
 
 def num_examples(source) -> int:

@@ -34,13 +34,9 @@ def load_config(name: str):
   return config_utils.load(os.path.join(ROOT, "configs", name + ".py"))
 
 
-def benchmark(name: str, steps: int, batch_size: int | None,
-              dtype: str | None) -> dict[str, float]:
-  config = load_config(name)
-  if batch_size:
-    config.batch_size = batch_size
-  if dtype:
-    config.dtype = dtype
+def synthetic_step(config):
+  """(compiled train step, replicated state, batch, rng, parameter count,
+  compile seconds) for `config` on a synthetic batch of its shape."""
   info = input_pipeline.get_dataset_info(config.dataset.name)
   mesh = parallel.make_mesh()
   input_pipeline.validate_batch_size(config.batch_size, mesh.size)
@@ -63,7 +59,17 @@ def benchmark(name: str, steps: int, batch_size: int | None,
                             ).astype(np.int32)}, mesh)
   t0 = time.perf_counter()
   compiled = step.lower(state, batch, rng).compile()
-  compile_s = time.perf_counter() - t0
+  return compiled, state, batch, rng, n_params, time.perf_counter() - t0
+
+
+def benchmark(name: str, steps: int, batch_size: int | None,
+              dtype: str | None) -> dict[str, float]:
+  config = load_config(name)
+  if batch_size:
+    config.batch_size = batch_size
+  if dtype:
+    config.dtype = dtype
+  compiled, state, batch, rng, n_params, compile_s = synthetic_step(config)
   state, metrics = compiled(state, batch, rng)  # warm-up
   jax.block_until_ready(metrics)
   t0 = time.perf_counter()

@@ -4,6 +4,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import flax.linen as nn
 import numpy as np
 import pytest
 
@@ -272,6 +273,47 @@ def test_malformed_inputs_raise_user_error():
     attacks.pgd(logits_fn, x, y, None, eps=0.1, step_size=0.1, num_steps=1)
   with pytest.raises(UserError, match='shape \\[B\\]'):
     attacks.fgsm(logits_fn, x, jax.nn.one_hot(y, K), 0.1)
+
+
+def _conv_model(hw=6, channels=3):
+  """A flax CNN whose dense layer fixes the image size it accepts."""
+
+  class Net(nn.Module):
+
+    @nn.compact
+    def __call__(self, x):
+      x = nn.Conv(4, (3, 3))(x)
+      return nn.Dense(K)(x.reshape(x.shape[0], -1))
+
+  net = Net()
+  variables = net.init(jax.random.key(0), jnp.zeros((1, hw, hw, channels)))
+  return functools.partial(net.apply, variables)
+
+
+def test_images_the_model_cannot_take_give_one_line_naming_the_shape():
+  logits_fn, y = _conv_model(), _labels()
+  x = jax.random.uniform(jax.random.key(0), (B, 6, 6, 3), minval=-1)
+  with pytest.raises(UserError, match=r'cannot take images of shape '
+                     r'\(4, 3, 6, 6\).*for NCHW pass x.transpose') as e:
+    attacks.fgsm(logits_fn, x.transpose(0, 3, 1, 2), y, 0.1)
+  assert '\n' not in str(e.value)
+  with pytest.raises(UserError, match=r'shape \(4, 8, 8, 3\).*height, width '
+                     'and channels the model was trained on'):
+    attacks.pgd(logits_fn, jnp.zeros((B, 8, 8, 3)), y, jax.random.key(0),
+                eps=0.1, step_size=0.1, num_steps=1)
+  assert attacks.fgsm(logits_fn, x, y, 0.1).shape == x.shape
+
+
+def test_nan_eps_or_step_size_is_refused():
+  logits_fn, x, y = _mlp_model(), _images(), _labels()
+  with pytest.raises(UserError, match='eps must be >= 0, got nan'):
+    attacks.fgsm(logits_fn, x, y, float('nan'))
+  with pytest.raises(UserError, match='eps must be >= 0, got nan'):
+    attacks.pgd(logits_fn, x, y, jax.random.key(0), eps=jnp.nan,
+                step_size=0.1, num_steps=1)
+  with pytest.raises(UserError, match='step_size must be >= 0, got nan'):
+    attacks.pgd(logits_fn, x, y, jax.random.key(0), eps=0.1,
+                step_size=float('nan'), num_steps=1)
 
 
 def test_check_attack_inputs_accepts_valid_and_skips_traced_values():

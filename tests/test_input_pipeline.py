@@ -436,19 +436,25 @@ def test_reading_a_prepared_dataset_does_not_import_tensorflow(fashion_dir):
   assert "tensorflow imported: False" in out.stdout
 
 
-def test_fashion_mnist_folder_can_be_overridden(tmp_path, monkeypatch):
-  pytest.importorskip("tensorflow")
-  folder = tmp_path / "raw"
+def _fake_fashion_mnist(folder, parts):
+  """Idx files with `parts[prefix]` random images; returns the images."""
   folder.mkdir()
   rng = np.random.default_rng(0)
-  parts = {"train": 7, "t10k": 3}
   raw = {}
   for prefix, n in parts.items():
     images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
-    labels = np.arange(n, dtype=np.uint8)
+    labels = np.arange(n, dtype=np.uint8) % 10
     _write_idx_gz(folder / f"{prefix}-images-idx3-ubyte.gz", images)
     _write_idx_gz(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
     raw[prefix] = images
+  return raw
+
+
+def test_fashion_mnist_folder_can_be_overridden(tmp_path, monkeypatch):
+  pytest.importorskip("tensorflow")
+  folder = tmp_path / "raw"
+  parts = {"train": 7, "t10k": 3}
+  raw = _fake_fashion_mnist(folder, parts)
   monkeypatch.setenv(ip.FASHION_MNIST_ENV, str(folder))
   data_dir = tmp_path / "tfds"
   data_dir.mkdir()
@@ -460,3 +466,32 @@ def test_fashion_mnist_folder_can_be_overridden(tmp_path, monkeypatch):
       ex = source[i]
       np.testing.assert_array_equal(ex["image"][..., 0],
                                     raw[prefix][ex["label"]])
+
+
+def test_two_processes_preparing_at_once_both_get_the_dataset(tmp_path):
+  pytest.importorskip("tensorflow")
+  folder = tmp_path / "raw"
+  _fake_fashion_mnist(folder, {"train": 7, "t10k": 3})
+  data_dir = tmp_path / "tfds"
+  data_dir.mkdir()
+  code = textwrap.dedent(f"""
+      from advjax import input_pipeline as ip
+      ip.prepare("fashion_mnist", {str(data_dir)!r})
+      print("examples", len(ip.get_source("fashion_mnist", "train",
+                                          {str(data_dir)!r})), flush=True)
+  """)
+  env = {**os.environ, "PYTHONPATH": ROOT, ip.FASHION_MNIST_ENV: str(folder)}
+  # Both arrive while the preparation lock is taken, then race for it.
+  builder = ip._local_fashion_mnist_builder(str(folder), str(data_dir))  # pylint: disable=protected-access
+  with ip._preparing(builder, "fashion_mnist"):  # pylint: disable=protected-access
+    procs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    for p in procs:
+      assert p.stdout.readline().startswith(
+          f"advjax: waiting for pid {os.getpid()} on ")
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (stdout, stderr) in zip(procs, outs):
+    assert p.returncode == 0, stderr[-2000:]
+    assert stdout.strip().splitlines()[-1] == "examples 7"
+    assert "advjax: error" not in stderr

@@ -330,6 +330,11 @@ def test_malformed_inputs_raise_user_error():
     attack(Z0, YS, RNG, num_steps=1, eps_z=-0.1)
   with pytest.raises(UserError, match='noise_eps must be >= 0'):
     attack(Z0, YS, RNG, num_steps=1, noise_eps=-0.1)
+  with pytest.raises(UserError, match='eps_z must be >= 0, got nan'):
+    attack(Z0, YS, RNG, num_steps=1, eps_z=float('nan'))
+  with pytest.raises(UserError, match=r"generate_fn cannot take latents z0 of "
+                     r"shape \(16, 5\).*the GAN's latent size D"):
+    attack(Z0[:, :5], YS, RNG, num_steps=1)
   with pytest.raises(UserError, match='PRNG key'):
     attack(Z0, YS, None, num_steps=1)
   with pytest.raises(UserError, match='optax GradientTransformation'):

@@ -1,0 +1,158 @@
+"""The config is part of a run: what may change when a run is resumed.
+
+A checkpoint's meta holds the config the run was started with. On resume,
+`compare_configs(saved, new)` splits the differences into
+
+  accepted: fields that only extend or observe the run (`EXTENDING_FIELDS`:
+    its length, how often it logs, evaluates and checkpoints, what evaluation
+    measures, where the dataset is read from); the loop
+    lists them and goes on;
+  refused: every other change (model, optimiser, data, batch size, loss,
+    seed, ...); the loop stops with `refused_message`, one line naming the
+    fields and the two ways forward: a new --workdir, or `ALLOW_FLAG`, which
+    accepts the change when the saved state's structure still fits.
+
+Decisions:
+  seed is refused: it fixes the data order, dropout and every other random
+    draw, so a run resumed under another seed is neither the old run nor the
+    new one. `ALLOW_FLAG` accepts it (the state does not depend on it).
+  checkpoint.best_metric and checkpoint.best_mode are refused: retention
+    keeps the best checkpoint by them, so a change makes the next save delete
+    the checkpoint that was best so far (those saved before carry no value of
+    a new metric). `ALLOW_FLAG` accepts them.
+  num_train_steps / num_epochs are accepted both ways. A schedule over the
+    run's length (cosine, linear, piecewise) is stretched or shrunk from the
+    resumed step on; a new length at or below the saved step leaves nothing
+    to train.
+  checkpoint.keep is accepted both ways; a smaller value deletes old
+    checkpoints at the next save, as asked.
+  A field present in only one of the configs (a config written by an older
+  advjax, or an override of a field the file lacks) counts as a change from
+  or to `<absent>`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+from typing import Any
+
+ALLOW_FLAG = "--allow_config_change"
+
+# Fields (dotted paths; fnmatch patterns) whose change only extends or
+# observes a run, with the reason. Taken from the configs in configs/.
+EXTENDING_FIELDS: dict[str, str] = {
+    "num_train_steps": "length of the run",
+    "num_epochs": "length of the run",
+    "log_every_steps": "logging interval",
+    "eval_every_steps": "evaluation interval",
+    "eval_batch_size": "evaluation only",
+    "progress_bar": "display only",
+    "checkpoint.every_steps": "checkpoint interval",
+    "checkpoint.keep": "number of checkpoints kept",
+    "checkpoint.async_save": "how checkpoints are written",
+    # classifier: eval.gan_workdir, eval.gan_samples; GAN:
+    # eval.classifier_workdir, eval.samples_per_class; CycleGAN:
+    # eval.num_examples, eval.classifier_workdir.
+    "eval.*": "evaluation only",
+    # GAN and CycleGAN sample grids written at evaluation.
+    "sample.*": "sample images only",
+    "distill.eval_eps": "evaluation only",
+    "distill.eval_examples": "evaluation only",
+    "dataset.data_dir": "where the same dataset is read from",
+}
+
+
+class _Absent:
+  """A field missing from one of the two configs."""
+
+  def __repr__(self) -> str:
+    return "<absent>"
+
+
+ABSENT = _Absent()
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigChange:
+  """One field that differs: `old` in the saved config, `new` now."""
+  field: str
+  old: Any
+  new: Any
+
+  def describe(self, width: int = 40) -> str:
+    return f"{self.field} ({_short(self.old, width)} -> {_short(self.new, width)})"
+
+
+def _short(value: Any, width: int) -> str:
+  text = repr(value) if value is ABSENT else json.dumps(value, default=str)
+  return text if len(text) <= width else text[:width - 3] + "..."
+
+
+def _plain(value: Any) -> Any:
+  """JSON's view of a value: tuples become lists, mappings dicts."""
+  if isinstance(value, dict) or hasattr(value, "items"):
+    return {str(k): _plain(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_plain(v) for v in value]
+  return value
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+  """{'a.b.c': leaf} of a nested dict or ConfigDict (empty dicts are leaves)."""
+  out: dict[str, Any] = {}
+  for key, value in _plain(config).items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict) and value:
+      out.update(flatten(value, name + "."))
+    else:
+      out[name] = value
+  return out
+
+
+def is_extending(field: str) -> bool:
+  """Whether a change of `field` only extends or observes the run."""
+  return any(fnmatch.fnmatchcase(field, pattern)
+             for pattern in EXTENDING_FIELDS)
+
+
+def diff_configs(saved: Any, new: Any) -> list[ConfigChange]:
+  """Every field whose value differs, sorted by name."""
+  a, b = flatten(saved), flatten(new)
+  changes = []
+  for field in sorted(set(a) | set(b)):
+    old, now = a.get(field, ABSENT), b.get(field, ABSENT)
+    if old != now:
+      changes.append(ConfigChange(field, old, now))
+  return changes
+
+
+def compare_configs(saved: Any, new: Any
+                    ) -> tuple[list[ConfigChange], list[ConfigChange]]:
+  """(accepted, refused) changes from `saved` to `new` (dicts or
+  ConfigDicts; tuples and lists compare equal, as JSON stores both)."""
+  changes = diff_configs(saved, new)
+  accepted = [c for c in changes if is_extending(c.field)]
+  refused = [c for c in changes if not is_extending(c.field)]
+  return accepted, refused
+
+
+def _listing(changes: list[ConfigChange], limit: int) -> str:
+  shown = ", ".join(c.describe() for c in changes[:limit])
+  if len(changes) > limit:
+    shown += f" and {len(changes) - limit} more"
+  return shown
+
+
+def refused_message(refused: list[ConfigChange], workdir: str,
+                    limit: int = 4) -> str:
+  """The one-line UserError message for refused changes."""
+  return (f"the config differs from the one the run in {workdir} was started "
+          f"with: {_listing(refused, limit)}; to keep that run, pass another "
+          f"--workdir; to continue it with these changes, add {ALLOW_FLAG}")
+
+
+def accepted_message(accepted: list[ConfigChange], limit: int = 6) -> str:
+  """The line the loop prints when it resumes with accepted changes."""
+  return f"advjax: resuming with a changed {_listing(accepted, limit)}"
