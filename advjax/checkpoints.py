@@ -24,7 +24,6 @@ import dataclasses
 import functools
 import json
 import logging
-import os
 import time
 import warnings
 from typing import Any, Callable
@@ -35,6 +34,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from advjax import fileio
 from advjax.errors import UserError
 
 STATE = "state"
@@ -43,7 +43,9 @@ CHECKPOINT_DIR = "checkpoints"
 
 
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  """`<workdir>/checkpoints`; `workdir` local or `gs://...` (orbax writes
+  arrays there with tensorstore and commits with a marker file, no rename)."""
+  return fileio.join(fileio.resolve(workdir), CHECKPOINT_DIR)
 
 
 def _options(keep: int, best_metric: str | None, best_mode: str,
@@ -346,7 +348,7 @@ def _read_only_manager(directory: str,
 
 def available_steps(workdir: str) -> list[int]:
   directory = checkpoint_dir(workdir)
-  if not os.path.isdir(directory):
+  if not fileio.isdir(directory):
     return []
   mngr = _read_only_manager(directory)
   steps = sorted(mngr.all_steps())
@@ -365,7 +367,7 @@ def restore(workdir: str, step: int | None = None,
       `checkpoint.best_metric` instead of the newest.
   """
   directory = checkpoint_dir(workdir)
-  if not os.path.isdir(directory):
+  if not fileio.isdir(directory):
     raise UserError(f"no checkpoints in '{workdir}' (looked for {directory})")
   mngr = _read_only_manager(directory)
   try:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from typing import Any, Callable, Iterator
 
 import jax
@@ -24,7 +23,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from advjax import attacks, checkpoints, input_pipeline
+from advjax import attacks, checkpoints, fileio, input_pipeline
 from advjax.errors import UserError, one_line_errors
 from advjax.metric_writers import image_grid, save_png
 
@@ -334,13 +333,14 @@ def patch_markdown(result: dict[str, Any]) -> str:
 
 def write_report(out_dir: str, name: str, markdown: str,
                  data: dict[str, Any], images: dict[str, np.ndarray]) -> None:
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, f"{name}.md"), "w", encoding="utf-8") as f:
-    f.write(markdown)
-  with open(os.path.join(out_dir, f"{name}.json"), "w", encoding="utf-8") as f:
-    json.dump(data, f, indent=2)
+  """`<name>.md`, `<name>.json` and `<tag>.png` files in `out_dir` (local or
+  `gs://...`)."""
+  fileio.makedirs(out_dir)
+  fileio.write_text(fileio.join(out_dir, f"{name}.md"), markdown)
+  fileio.write_text(fileio.join(out_dir, f"{name}.json"),
+                    json.dumps(data, indent=2))
   for tag, image in images.items():
-    save_png(image, os.path.join(out_dir, f"{tag}.png"))
+    save_png(image, fileio.join(out_dir, f"{tag}.png"))
 
 
 def _example_images(examples) -> dict[str, np.ndarray]:
@@ -452,7 +452,7 @@ def report(mode: str, workdir: str, out: str | None = None, *,
            samples_per_class: int = 100, fid_weights: str | None = None,
            inception: bool = True) -> str:
   """Writes the `mode` report of `workdir` to `out`; returns its Markdown."""
-  out = out or os.path.join(workdir, "eval")
+  out = out or fileio.join(workdir, "eval")
   if mode == "robustness":
     classifier = checkpoints.restore(workdir)
     classifier._require("classifier")  # pylint: disable=protected-access
@@ -500,7 +500,7 @@ def main(argv):
     raise UserError(f"unexpected arguments: {' '.join(argv[1:])}")
   if not f.workdir:
     raise UserError("--workdir is required")
-  out = f.out or os.path.join(f.workdir, "eval")
+  out = f.out or fileio.join(f.workdir, "eval")
   markdown = report(f.mode, f.workdir, out, eps=tuple(f.eps),
                     pgd_steps=f.pgd_steps, num_examples=f.num_examples,
                     batch_size=f.batch_size,
