@@ -31,7 +31,7 @@ import posixpath
 import shutil
 import time
 import uuid
-from typing import IO, Any, Iterable
+from typing import Any, Iterable
 
 import fsspec
 from etils import epath
@@ -85,11 +85,6 @@ def makedirs(path: str | os.PathLike) -> None:
 def listdir(path: str | os.PathLike) -> list[str]:
   """Names of the entries of folder `path`, sorted."""
   return sorted(p.name for p in epath.Path(path).iterdir())
-
-
-def open_file(path: str | os.PathLike, mode: str = "rb") -> IO:
-  """A file object (remote: read in blocks, written when closed)."""
-  return epath.Path(path).open(mode)
 
 
 def read_bytes(path: str | os.PathLike) -> bytes:

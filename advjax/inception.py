@@ -498,7 +498,10 @@ def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
   """
   path = os.fspath(path)
   try:
-    with fileio.open_file(path, "rb") as f:
+    # A remote file is read whole (one request): the unpickler's many small
+    # reads through a remote file object take seconds.
+    with (io.BytesIO(fileio.read_bytes(path)) if fileio.is_remote(path)
+          else open(path, "rb")) as f:
       is_zip = zipfile.is_zipfile(f)
       f.seek(0)
       obj, storages = _read_zip(f, path) if is_zip else _read_legacy(f, path)

@@ -1,13 +1,18 @@
 """An in-memory Cloud Storage for the tests, on 127.0.0.1 only.
 
 `gcp-storage-emulator` serves the Cloud Storage JSON API; this launcher adds
-the two calls the libraries here rely on that it lacks:
+what the libraries here rely on and it lacks:
   - `POST .../o/{object}/moveTo/o/{dest}` (objects.move): gcsfs renames with
     it, and without it retries for about 34 s before copying and deleting;
   - suffix byte ranges, `Range: bytes=-N` (the last N bytes): the array_record
     reader behind `tfds.data_source` reads a file's tail that way, and the
     emulator would send the whole object (array_record then reports an
-    "Invalid Riegeli/records file").
+    "Invalid Riegeli/records file");
+  - conditional media downloads (`ifGenerationNotMatch`: 304 Not Modified,
+    `ifGenerationMatch`: 412) and the `x-goog-generation` header: tensorstore
+    (orbax's array writer) revalidates what it cached with them, and without
+    them takes a generation from nowhere and fails its next write with
+    "Malformed StorageGeneration" (now and then, depending on timing).
 It also skips what only costs time in memory: rewriting its JSON index after
 every change, and keeping deleted objects for soft-delete.
 
@@ -50,6 +55,9 @@ def env(port: int, metadata_port: int, gcloud_config_dir: str
   metadata = f"127.0.0.1:{metadata_port}"
   return {
       "STORAGE_EMULATOR_HOST": url,  # gcsfs, google-cloud-storage
+      # gcsfs without credentials: it would try google-auth's chain, and
+      # gcsfs < 2026 then retries the metadata server for 15 s.
+      "FSSPEC_GCS_TOKEN": "anon",
       "TENSORSTORE_GCS_HTTP_URL": url,  # orbax's array writes
       "GOOGLE_AUTH_TOKEN_FOR_TESTING": "fake",  # tensorstore: no credentials
       "CLOUD_STORAGE_EMULATOR_ENDPOINT": url,  # array_record (google-cloud-cpp)
@@ -147,19 +155,32 @@ def _move(request, response, storage, copy, delete):
 
 
 def _download(request, response, storage, download):
-  """Turns `bytes=-N` into `bytes=(size-N)-`, which the emulator serves."""
+  """Media downloads as Cloud Storage answers them (see the module doc)."""
+  from gcp_storage_emulator.exceptions import NotFound  # pylint: disable=g-import-not-at-top
+  params = request.params
+  try:
+    obj = storage.get_file_obj(params["bucket_name"], params["object_id"])
+    size = len(storage.get_file(params["bucket_name"], params["object_id"]))
+  except NotFound:
+    return download(request, response, storage)  # 404
+  generation = str(obj["generation"])
+  if_not = request.query.get("ifGenerationNotMatch", [None])[0]
+  if_match = request.query.get("ifGenerationMatch", [None])[0]
+  if if_not == generation:
+    response.status = HTTPStatus.NOT_MODIFIED
+    return None
+  if if_match is not None and if_match != generation:
+    response.status = HTTPStatus.PRECONDITION_FAILED
+    return None
   match = _SUFFIX_RANGE.match(request.get_header("range", "") or "")
   if match:
-    try:
-      size = len(storage.get_file(request.params["bucket_name"],
-                                  request.params["object_id"]))
-    except Exception:  # pylint: disable=broad-except
-      size = None  # Not found: `download` answers 404.
-    if size is not None:
-      start = max(size - int(match["length"]), 0)
-      headers = request._request_handler.headers  # pylint: disable=protected-access
-      headers.replace_header("Range", f"bytes={start}-")
-  return download(request, response, storage)
+    start = max(size - int(match["length"]), 0)
+    headers = request._request_handler.headers  # pylint: disable=protected-access
+    headers.replace_header("Range", f"bytes={start}-")
+  download(request, response, storage)
+  response["x-goog-generation"] = generation
+  response["x-goog-metageneration"] = str(obj["metageneration"])
+  return None
 
 
 def _exit_with(parent: int) -> None:

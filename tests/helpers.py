@@ -28,8 +28,9 @@ def load_config(name: str):
 
 def run_cli(args: list[str], *, num_devices: int = 4, mock_examples: int = 32,
             timeout: float = 300, env: dict[str, str] | None = None,
-            wait: bool = True):
-  """Runs `advjax.main` with `args` on mock data in a fresh process."""
+            wait: bool = True, mock_data: bool = True):
+  """Runs `advjax.main` with `args` in a fresh process, on mock data unless
+  `mock_data` is False."""
   full_env = dict(os.environ)
   full_env.update({
       "JAX_PLATFORMS": "cpu",
@@ -40,7 +41,9 @@ def run_cli(args: list[str], *, num_devices: int = 4, mock_examples: int = 32,
       "TF_CPP_MIN_LOG_LEVEL": "3",
   })
   full_env.update(env or {})
-  cmd = [sys.executable, os.path.join(ROOT, "tests", "mock_main.py"), *args]
+  main = ([os.path.join(ROOT, "tests", "mock_main.py")] if mock_data
+          else ["-m", "advjax.main"])
+  cmd = [sys.executable, *main, *args]
   if not wait:
     return subprocess.Popen(cmd, env=full_env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,

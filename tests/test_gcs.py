@@ -6,14 +6,19 @@ The fixture `gcs_dir` is a fresh `gs://advjax-test/<test>-<id>` folder.
 import io
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
 import sys
 import textwrap
+import time
+import urllib.error
 import urllib.parse
 import urllib.request
+from unittest import mock
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -21,7 +26,7 @@ from PIL import Image
 
 from advjax import checkpoints, fileio, input_pipeline, metric_writers
 from tests import gcs_emulator
-from tests.helpers import ROOT, python_path, write_idx_gz
+from tests.helpers import ROOT, python_path, run_cli, write_idx_gz
 from tests.netguard import sitecustomize as netguard
 
 
@@ -61,7 +66,7 @@ def test_guard_refuses_other_machines_here_and_in_subprocesses(gcs):
     assert r.status == 200  # 127.0.0.1 is allowed
 
 
-def test_emulator_moves_objects_and_serves_suffix_byte_ranges(gcs_dir, gcs):
+def test_emulator_moves_objects_and_serves_ranges_and_conditions(gcs_dir, gcs):
   data = bytes(range(256)) * 4
   fileio.write_bytes(f"{gcs_dir}/a.bin", data)
   key = gcs_dir.split("/", 3)[3]
@@ -71,6 +76,12 @@ def test_emulator_moves_objects_and_serves_suffix_byte_ranges(gcs_dir, gcs):
       "?alt=media", headers={"Range": "bytes=-10"})
   with urllib.request.urlopen(request) as r:
     assert r.read() == data[-10:]
+    generation = r.headers["x-goog-generation"]
+  request = urllib.request.Request(
+      f"{gcs.url}/storage/v1/b/{gcs.bucket}/o/{quote(key + '/a.bin')}"
+      f"?alt=media&ifGenerationNotMatch={generation}")
+  with pytest.raises(urllib.error.HTTPError, match="304"):
+    urllib.request.urlopen(request)  # pylint: disable=consider-using-with
   request = urllib.request.Request(
       f"{gcs.url}/storage/v1/b/{gcs.bucket}/o/{quote(key + '/a.bin')}"
       f"/moveTo/o/{quote(key + '/b.bin')}", method="POST")
@@ -232,6 +243,34 @@ def test_metric_writer_puts_jsonl_tensorboard_and_pngs_on_gcs(gcs_dir):
   assert any(v.HasField("image") for e in events for v in e.summary.value)
 
 
+def test_reports_tables_and_figures_go_to_gcs(gcs_dir):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  from advjax import evaluate  # pylint: disable=g-import-not-at-top
+  evaluate.write_report(gcs_dir, "robustness", "| a |\n", {"acc": 0.5},
+                        {"examples": np.zeros((4, 4, 1), np.float32)})
+  assert fileio.listdir(gcs_dir) == ["examples.png", "robustness.json",
+                                     "robustness.md"]
+  assert json.loads(fileio.read_text(f"{gcs_dir}/robustness.json")) == {
+      "acc": 0.5}
+  spec = importlib.util.spec_from_file_location(
+      "study", os.path.join(ROOT, "experiments", "study.py"))
+  study = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(study)
+  row = {k: 0.5 for k, _, _ in study.COLUMNS} | {"mode": "none"}
+  markdown = study.write_table([row], gcs_dir, eps=0.1, pgd_steps=1,
+                               num_examples=2, unrestricted_steps=1,
+                               command="c")
+  assert fileio.read_text(f"{gcs_dir}/study.md") == markdown
+  assert fileio.read_text(f"{gcs_dir}/study.csv").splitlines()[1].startswith(
+      "none,0.5")
+  curve = ([1, 2], [0.1, 0.2])
+  study.plot_curves({"none": {"eval/accuracy": curve,
+                              "eval/gan_sample_accuracy": curve}},
+                    f"{gcs_dir}/curves.png")
+  assert Image.open(io.BytesIO(fileio.read_bytes(
+      f"{gcs_dir}/curves.png"))).format == "PNG"
+
+
 # ---------------------------------------------------------------------------
 # Checkpoints (orbax: arrays through tensorstore, the rest through epath).
 
@@ -300,3 +339,103 @@ def test_cli_prepares_a_dataset_straight_into_gcs(tmp_path, gcs_dir,
   for i in range(3):
     np.testing.assert_array_equal(test[i]["image"][..., 0],
                                   images["t10k"][test[i]["label"]])
+
+
+# ---------------------------------------------------------------------------
+# End to end: a run in a bucket, preempted and resumed.
+
+
+@pytest.fixture(scope="module")
+def small_fashion_dir(tmp_path_factory):
+  """Fashion-MNIST cut to its first 640 training and 200 test images.
+
+  Reading through the emulator costs one HTTP request per image (array_record
+  reads each record with its own range request), so the end-to-end run uses
+  a subset of the real data.
+  """
+  pytest.importorskip("tensorflow")
+  raw = input_pipeline.FASHION_MNIST_DIR
+  if not input_pipeline._has_local_fashion_mnist(raw):  # pylint: disable=protected-access
+    pytest.skip("apt-get install dataset-fashion-mnist")
+  folder = tmp_path_factory.mktemp("raw")
+  for split, n in (("train", 640), ("t10k", 200)):
+    for kind in ("images-idx3", "labels-idx1"):
+      name = f"{split}-{kind}-ubyte.gz"
+      write_idx_gz(folder / name,
+                   input_pipeline.read_idx_gz(os.path.join(raw, name))[:n])
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  with mock.patch.dict(os.environ,
+                       {input_pipeline.FASHION_MNIST_ENV: str(folder)}):
+    input_pipeline.prepare("fashion_mnist", data_dir)
+  return data_dir
+
+
+@pytest.mark.slow
+def test_preempted_run_in_a_bucket_resumes_to_a_local_runs_params(
+    small_fashion_dir, gcs_dir, tmp_path):
+  fashion_dir = small_fashion_dir
+  data_dir = fileio.join(gcs_dir, "tfds")
+  fileio.upload_tree(fashion_dir, data_dir)
+  args = ["--config=configs/quickstart.py", "--config.model.widths=(8, 16)",
+          "--config.model.hidden=16", "--config.batch_size=32",
+          "--config.eval_batch_size=200", "--config.num_train_steps=120",
+          "--config.checkpoint.every_steps=10", "--config.log_every_steps=10",
+          "--config.eval_every_steps=60", "--config.progress_bar=False"]
+  local = str(tmp_path / "local")
+  out = run_cli([*args, f"--workdir={local}",
+                 f"--config.dataset.data_dir={fashion_dir}"], mock_data=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+
+  workdir = fileio.join(gcs_dir, "run")
+  gcs_args = [*args, f"--workdir={workdir}",
+              f"--config.dataset.data_dir={data_dir}"]
+  proc = run_cli(gcs_args, mock_data=False, wait=False)
+  try:
+    deadline = time.time() + 240
+    while not checkpoints.available_steps(workdir):
+      assert proc.poll() is None, proc.communicate()[1][-3000:]
+      assert time.time() < deadline, "no checkpoint in 240 s"
+      time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)  # preempted; nothing local survives
+  finally:
+    proc.communicate()
+  assert proc.returncode == -signal.SIGKILL
+  saved = max(checkpoints.available_steps(workdir))
+  assert saved < 120
+
+  out = run_cli(gcs_args, mock_data=False)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f"resumed from step {saved}" in out.stdout
+  resumed, reference = checkpoints.restore(workdir), checkpoints.restore(local)
+  assert resumed.step == reference.step == 120
+  for x, y in zip(jax.tree.leaves(resumed.state),
+                  jax.tree.leaves(reference.state)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+  records = metric_writers.read_metrics(workdir)
+  assert [r["step"] for r in records if "train/loss" in r] == list(
+      range(10, 121, 10))
+  assert [r["step"] for r in records if "eval/accuracy" in r] == [60, 120]
+  assert fileio.listdir(fileio.join(workdir, "tensorboard"))
+
+  # A notebook in a fresh process, without EPATH_USE_TF from the tests:
+  # advjax.fileio keeps etils.epath off TensorFlow.
+  images = input_pipeline.to_float_image(np.stack(
+      [input_pipeline.get_source("fashion_mnist", "test", fashion_dir)[i][
+          "image"] for i in range(8)]))
+  np.save(tmp_path / "images.npy", images)
+  env = {k: v for k, v in os.environ.items() if k != "EPATH_USE_TF"}
+  code = f"""
+      import sys
+      import numpy as np
+      from advjax import checkpoints
+      r = checkpoints.restore({workdir!r})
+      print(r.predict(np.load({str(tmp_path / 'images.npy')!r})).tolist())
+      print("tensorflow imported:", "tensorflow" in sys.modules)
+  """
+  out = subprocess.run([sys.executable, "-c", textwrap.dedent(code)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120,
+                       env={**env, "PYTHONPATH": python_path()})
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.splitlines() == [
+      str(reference.predict(images).tolist()), "tensorflow imported: False"]
