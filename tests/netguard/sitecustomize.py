@@ -61,23 +61,27 @@ def _host(host):
   return host
 
 
-def _record(log_path, what):
+def _record(state, what):
   stack = "".join(traceback.format_stack(limit=12)[:-2])
   line = f"pid {os.getpid()} ({' '.join(sys.argv)[:200]}): {what}\n"
   try:
-    with open(log_path, "a", encoding="utf-8") as f:
+    with open(state["log"], "a", encoding="utf-8") as f:
       f.write(line + "".join("    " + s + "\n" for s in stack.splitlines()))
   except OSError:
     pass
   sys.stderr.write("advjax tests: " + line)
-  raise ForbiddenConnection(f"advjax tests: {what}: tests may only connect to "
-                            "127.0.0.1")
+  raise state["error"](f"advjax tests: {what}: tests may only connect to "
+                       "127.0.0.1")
 
 
 def install(log_path):
-  """Wraps socket connect/connect_ex/getaddrinfo (once per process)."""
-  if getattr(socket, "_advjax_netguard", None):
+  """Wraps socket connect/connect_ex/getaddrinfo, once per process; a later
+  call only changes the log (an xdist worker's conftest, after start-up)."""
+  state = getattr(socket, "_advjax_netguard", None)
+  if state is not None:
+    state["log"] = log_path
     return
+  state = {"log": log_path, "error": ForbiddenConnection}
   own_name = socket.gethostname()
   connect, connect_ex = socket.socket.connect, socket.socket.connect_ex
   getaddrinfo = socket.getaddrinfo
@@ -88,7 +92,7 @@ def install(log_path):
     host = _host(address[0]) if isinstance(address, tuple) else address
     if host in ("localhost",) or _is_loopback_ip(host):
       return
-    _record(log_path, f"connection to {address!r}")
+    _record(state, f"connection to {address!r}")
 
   def guarded_connect(self, address):
     check(self, address)
@@ -102,13 +106,13 @@ def install(log_path):
     name = _host(host)
     if not (name in _LOCAL_NAMES or name in _WILDCARDS or name == own_name
             or _is_ip(name)):
-      _record(log_path, f"DNS lookup of {name!r}")
+      _record(state, f"DNS lookup of {name!r}")
     return getaddrinfo(host, *args, **kwargs)
 
   socket.socket.connect = guarded_connect
   socket.socket.connect_ex = guarded_connect_ex
   socket.getaddrinfo = guarded_getaddrinfo
-  socket._advjax_netguard = True  # pylint: disable=protected-access
+  socket._advjax_netguard = state  # pylint: disable=protected-access
 
 
 def _chain_next_sitecustomize():
