@@ -25,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 import warnings
 from typing import Any
@@ -34,6 +33,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from advjax import fileio
 from advjax import settings as settings_lib
 from advjax.errors import UserError
 
@@ -43,7 +43,9 @@ CHECKPOINT_DIR = "checkpoints"
 
 
 def checkpoint_dir(workdir: str) -> str:
-  return os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR)
+  """`<workdir>/checkpoints`; `workdir` local or `gs://...` (orbax writes
+  arrays there with tensorstore and commits with a marker file, no rename)."""
+  return fileio.join(fileio.resolve(workdir), CHECKPOINT_DIR)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,7 +199,7 @@ def _read_only_manager(directory: str,
 
 def available_steps(workdir: str) -> list[int]:
   directory = checkpoint_dir(workdir)
-  if not os.path.isdir(directory):
+  if not fileio.isdir(directory):
     return []
   mngr = _read_only_manager(directory)
   steps = sorted(mngr.all_steps())
@@ -217,7 +219,7 @@ def load(workdir: str, step: int | None = None,
       `checkpoint.best_metric` instead of the newest.
   """
   directory = checkpoint_dir(workdir)
-  if not os.path.isdir(directory):
+  if not fileio.isdir(directory):
     raise UserError(f"no checkpoints in '{workdir}' (looked for {directory})")
   mngr = _read_only_manager(directory)
   try:

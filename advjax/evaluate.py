@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
@@ -28,7 +27,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from advjax import adversaries, attacks, inference, input_pipeline
+from advjax import adversaries, attacks, fileio, inference, input_pipeline
 from advjax.errors import UserError, one_line_errors
 from advjax.metric_writers import image_grid, save_png
 
@@ -378,13 +377,14 @@ def patch_markdown(result: dict[str, Any]) -> str:
 
 def write_report(out_dir: str, name: str, markdown: str,
                  data: dict[str, Any], images: dict[str, np.ndarray]) -> None:
-  os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, f"{name}.md"), "w", encoding="utf-8") as f:
-    f.write(markdown)
-  with open(os.path.join(out_dir, f"{name}.json"), "w", encoding="utf-8") as f:
-    json.dump(data, f, indent=2)
+  """`<name>.md`, `<name>.json` and `<tag>.png` files in `out_dir` (local or
+  `gs://...`)."""
+  fileio.makedirs(out_dir)
+  fileio.write_text(fileio.join(out_dir, f"{name}.md"), markdown)
+  fileio.write_text(fileio.join(out_dir, f"{name}.json"),
+                    json.dumps(data, indent=2))
   for tag, image in images.items():
-    save_png(image, os.path.join(out_dir, f"{tag}.png"))
+    save_png(image, fileio.join(out_dir, f"{tag}.png"))
 
 
 def _example_images(examples) -> dict[str, np.ndarray]:
@@ -505,7 +505,7 @@ def report(mode: str, workdir: str, out: str | None = None, *,
   settings (the unrestricted section reads `attack_settings['unrestricted']`;
   `unrestricted_settings` holds its sample count, batch size and seed).
   """
-  out = out or os.path.join(workdir, "eval")
+  out = out or fileio.join(workdir, "eval")
   attack_settings = dict(attack_settings or {})
   if mode == "robustness":
     classifier = inference.restore(workdir, kind="classifier")
@@ -564,7 +564,7 @@ def main(argv):
   f = flags.FLAGS
   if f.batch_size <= 0:
     raise UserError(f"--batch_size must be > 0, got {f.batch_size}")
-  out = f.out or os.path.join(f.workdir, "eval")
+  out = f.out or fileio.join(f.workdir, "eval")
   markdown = report(f.mode, f.workdir, out, eps=_floats(f.eps, "eps"),
                     attack_names=f.attacks, attack_settings=f.attack.to_dict(),
                     num_examples=f.num_examples, batch_size=f.batch_size,

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from advjax import fileio
 from advjax.errors import UserError
 
 FID_WEIGHTS_URL = (
@@ -442,8 +443,8 @@ def _collect_storages(obj, found):
   return found
 
 
-def _read_zip(path):
-  with zipfile.ZipFile(path) as zf:
+def _read_zip(f, path):
+  with zipfile.ZipFile(f) as zf:
     names = zf.namelist()
     pkl = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
     if len(pkl) != 1:
@@ -462,30 +463,29 @@ def _read_zip(path):
   return obj, storages
 
 
-def _read_legacy(path):
+def _read_legacy(f, path):
   """torch's pre-1.6 format: pickles (magic, version, sys_info, obj, keys)
   followed by each storage as int64 element count + raw little-endian data."""
-  with open(path, "rb") as f:
-    safe = lambda: _RestrictedUnpickler(f).load()
-    if safe() != _LEGACY_MAGIC:
-      raise UserError(f"{path} is not a torch checkpoint (bad magic number)")
-    safe()  # protocol version
-    sys_info = safe()
-    if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
-      raise UserError(f"{path}: big-endian torch checkpoints are not supported")
-    unpickler = _RestrictedUnpickler(f)
-    obj = unpickler.load()
-    refs = unpickler.storage_refs
-    keys = safe()
-    storages = {}
-    for key in keys:
-      ref = refs[str(key)]
-      numel = int(np.frombuffer(f.read(8), "<i8")[0])
-      raw = f.read(numel * ref.dtype.itemsize)
-      if numel != ref.numel or len(raw) != numel * ref.dtype.itemsize:
-        raise UserError(f"{path} is truncated or corrupt (storage {key})")
-      storages[str(key)] = np.frombuffer(raw, ref.dtype.newbyteorder("<")
-                                         ).astype(ref.dtype)
+  safe = lambda: _RestrictedUnpickler(f).load()
+  if safe() != _LEGACY_MAGIC:
+    raise UserError(f"{path} is not a torch checkpoint (bad magic number)")
+  safe()  # protocol version
+  sys_info = safe()
+  if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
+    raise UserError(f"{path}: big-endian torch checkpoints are not supported")
+  unpickler = _RestrictedUnpickler(f)
+  obj = unpickler.load()
+  refs = unpickler.storage_refs
+  keys = safe()
+  storages = {}
+  for key in keys:
+    ref = refs[str(key)]
+    numel = int(np.frombuffer(f.read(8), "<i8")[0])
+    raw = f.read(numel * ref.dtype.itemsize)
+    if numel != ref.numel or len(raw) != numel * ref.dtype.itemsize:
+      raise UserError(f"{path} is truncated or corrupt (storage {key})")
+    storages[str(key)] = np.frombuffer(raw, ref.dtype.newbyteorder("<")
+                                       ).astype(ref.dtype)
   return obj, storages
 
 
@@ -494,13 +494,17 @@ def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
 
   No torch needed: a restricted unpickler rebuilds only tensors, OrderedDicts
   and storages, so a file holding arbitrary Python objects is refused.
+  `path` may be local or `gs://...`.
   """
   path = os.fspath(path)
   try:
-    if zipfile.is_zipfile(path):
-      obj, storages = _read_zip(path)
-    else:
-      obj, storages = _read_legacy(path)
+    # A remote file is read whole (one request): the unpickler's many small
+    # reads through a remote file object take seconds.
+    with (io.BytesIO(fileio.read_bytes(path)) if fileio.is_remote(path)
+          else open(path, "rb")) as f:
+      is_zip = zipfile.is_zipfile(f)
+      f.seek(0)
+      obj, storages = _read_zip(f, path) if is_zip else _read_legacy(f, path)
   except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as e:
     if isinstance(e, UserError):
       raise
@@ -542,13 +546,13 @@ def find_fid_weights(path: str | None = None, download: bool = True) -> str:
   one-line UserError naming all of these when the file cannot be had.
   """
   if path is not None:
-    if not os.path.isfile(path):
+    if not fileio.isfile(path):
       raise UserError(f"FID Inception weights not found at {path}; download "
                       f"{FID_WEIGHTS_URL} and pass its path")
     return os.fspath(path)
   env = os.environ.get(FID_WEIGHTS_ENV)
   if env:
-    if not os.path.isfile(env):
+    if not fileio.isfile(env):
       raise UserError(f"${FID_WEIGHTS_ENV}={env} is not a file; point it at "
                       f"{FID_WEIGHTS_FILENAME} from {FID_WEIGHTS_URL}")
     return env

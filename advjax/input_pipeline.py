@@ -30,6 +30,7 @@ import os
 import queue
 import socket
 import sys
+import tempfile
 import threading
 import weakref
 from typing import Any, Callable, Iterator, Sequence
@@ -37,6 +38,7 @@ from unittest import mock
 
 import numpy as np
 
+from advjax import fileio
 from advjax.errors import UserError
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -83,10 +85,12 @@ def get_dataset_info(name: str) -> DatasetInfo:
 
 
 def _check_data_dir(data_dir: str | None) -> str | None:
+  """None for tfds's default; a local folder must exist, a `gs://` one need
+  not (an object store has no empty folders)."""
   if data_dir is None or data_dir == "":
     return None
-  data_dir = os.path.expanduser(str(data_dir))
-  if not os.path.isdir(data_dir):
+  data_dir = fileio.resolve(str(data_dir))
+  if not fileio.is_remote(data_dir) and not os.path.isdir(data_dir):
     raise UserError(
         f"data_dir '{data_dir}' does not exist; create it or leave "
         "dataset.data_dir empty to use ~/tensorflow_datasets")
@@ -250,9 +254,13 @@ def prepare(name: str, data_dir: str | None = None) -> None:
   Fashion-MNIST is built from the local Debian files when present; the other
   datasets are downloaded by tfds. Processes preparing the same dataset at
   once take turns (`_preparing`); the later ones use the first one's result.
+  A `gs://` data_dir is filled from a local build (see `_prepare_remote`).
   """
   info = get_dataset_info(name)
   data_dir = _check_data_dir(data_dir)
+  if data_dir is not None and fileio.is_remote(data_dir):
+    _prepare_remote(info.name, data_dir)
+    return
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   folder = _fashion_mnist_dir()
   if info.name == "fashion_mnist" and _has_local_fashion_mnist(folder):
@@ -285,6 +293,22 @@ def prepare(name: str, data_dir: str | None = None) -> None:
                 "files)")
       raise UserError(f"could not prepare {info.name} {how} "
                       f"({_one_line(e)}); {fix}") from e
+
+
+def _prepare_remote(name: str, data_dir: str) -> None:
+  """Prepares `name` into an object store through a local temporary folder.
+
+  tfds writes array_record files with POSIX file calls, which cannot create
+  `gs://` objects; so the dataset is built locally, then its version folder
+  is copied up, the two .json files that make tfds see it as prepared last.
+  """
+  remote = _builder(name, data_dir)
+  if remote.is_prepared():
+    return
+  with tempfile.TemporaryDirectory(prefix="advjax-prepare-") as local:
+    prepare(name, local)
+    fileio.upload_tree(_builder(name, local).data_dir, remote.data_dir,
+                       last=("dataset_info.json", "features.json"))
 
 
 def num_examples(source) -> int:

@@ -265,7 +265,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task,
                                   out_specs=(P(), P()), donate_argnums=(0,))
   meta_base = {"trainer": task.trainer,
                "config": checkpoints.config_to_json(config)}
-  writer = MetricWriter(workdir, enabled=is_main)
+  writer = MetricWriter(workdir, enabled=is_main, resume_step=start_step)
   train_iter = input_pipeline.TrainIterator(
       task.train_source, global_batch_size=task.batch_size, seed=s.seed,
       crop_flip=config.dataset.get("crop_flip", False),
@@ -307,6 +307,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task,
         did_eval = True
       if step % ckpt_every == 0 or is_last:
         check_finite(state, last_saved, workdir)
+        writer.flush()  # The log reaches every checkpoint a resume can use.
         ckpt.save(step, state,
                   dict(meta_base, data_position={"step": step}),
                   metrics=eval_metrics if did_eval else None)

@@ -4,19 +4,23 @@
 `<workdir>/tensorboard/`   TensorBoard event files (tensorboardX, no TF)
 `<workdir>/images/`        PNG grids, named `<tag>_<step>.png`
 
+`workdir` may be local or in Cloud Storage (`gs://...`, see advjax.fileio).
 Only process 0 writes; other processes get a writer that does nothing.
 """
 
 from __future__ import annotations
 
-import json
+import io
 import math
-import os
 import time
 from typing import Any, Mapping
 
 import numpy as np
 from PIL import Image
+
+from advjax import fileio
+
+METRICS_FILE = "metrics.jsonl"
 
 
 def _to_float(v: Any) -> float:
@@ -24,31 +28,41 @@ def _to_float(v: Any) -> float:
 
 
 class MetricWriter:
-  """Writes scalars and images of one run."""
+  """Writes scalars and images of one run.
+
+  `resume_step`: the step the run resumes from; records and TensorBoard
+  events after it, from an interrupted earlier process, are dropped (the
+  run logs those steps again). None keeps everything.
+  """
 
   def __init__(self, workdir: str, enabled: bool = True,
-               tensorboard: bool = True):
-    self.workdir = workdir
+               tensorboard: bool = True, resume_step: int | None = None):
+    self.workdir = fileio.resolve(workdir)
     self.enabled = enabled
+    self._resume_step = resume_step
     self._tb = None
-    self._jsonl = None
+    self._log = None
     if not enabled:
       return
-    os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a",
-                       encoding="utf-8")
+    fileio.makedirs(self.workdir)
     if tensorboard:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
+      record_writer.register_writer_factory("gs", _ObjectStoreEventFiles())
+      # TensorBoard hides the events of earlier files from `purge_step` on.
+      self._tb = SummaryWriter(
+          fileio.join(self.workdir, "tensorboard"),
+          purge_step=None if resume_step is None else resume_step + 1)
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     if not self.enabled:
       return
     values = {k: _to_float(v) for k, v in scalars.items()}
-    record = {"step": int(step), "time": round(time.time(), 3), **{
-        k: (v if math.isfinite(v) else str(v)) for k, v in values.items()}}
-    self._jsonl.write(json.dumps(record) + "\n")
-    self._jsonl.flush()
+    if self._log is None:  # On first use: an image-only writer has none.
+      self._log = fileio.MetricsLog(fileio.join(self.workdir, METRICS_FILE),
+                                    self._resume_step)
+    self._log.write({"step": int(step), "time": round(time.time(), 3),
+                     **values})
     if self._tb is not None:
       for k, v in values.items():
         self._tb.add_scalar(k, v, int(step))
@@ -58,11 +72,11 @@ class MetricWriter:
     if not self.enabled:
       return []
     paths = []
-    folder = os.path.join(self.workdir, "images")
-    os.makedirs(folder, exist_ok=True)
+    folder = fileio.join(self.workdir, "images")
     for tag, image in images.items():
       pixels = to_uint8(image)
-      path = os.path.join(folder, f"{tag.replace('/', '_')}_{int(step):07d}.png")
+      path = fileio.join(folder,
+                         f"{tag.replace('/', '_')}_{int(step):07d}.png")
       save_png(pixels, path)
       paths.append(path)
       if self._tb is not None:
@@ -70,25 +84,59 @@ class MetricWriter:
     return paths
 
   def flush(self) -> None:
+    """Makes what was written durable: call it before saving a checkpoint
+    (on Cloud Storage metrics.jsonl is written at most every 30 s)."""
+    if self._log is not None:
+      self._log.flush()
     if self._tb is not None:
       self._tb.flush()
 
   def close(self) -> None:
-    if self._jsonl is not None:
-      self._jsonl.close()
-      self._jsonl = None
+    if self._log is not None:
+      self._log.close()
+      self._log = None
     if self._tb is not None:
       self._tb.close()
       self._tb = None
 
 
+class _ObjectStoreEventFile:
+  """A TensorBoard event file in an object store: its bytes are kept and the
+  whole object is rewritten when tensorboardX flushes (every 2 minutes, and
+  at `MetricWriter.flush`/`close`) and something was added. Replaces
+  tensorboardX's own `gs://` writer, which uploads again when garbage
+  collected (at exit, after close) and needs a second storage client."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self._data = bytearray()
+    self._written = -1
+
+  def write(self, data: bytes) -> None:
+    self._data += data
+
+  def flush(self) -> None:
+    if len(self._data) != self._written:
+      fileio.write_bytes(self.path, bytes(self._data))
+      self._written = len(self._data)
+
+  def close(self) -> None:
+    self.flush()
+
+
+class _ObjectStoreEventFiles:
+  """tensorboardX's writer factory interface, for `gs://` log folders."""
+
+  def open(self, path: str) -> _ObjectStoreEventFile:
+    return _ObjectStoreEventFile(path)
+
+  def directory_check(self, path: str) -> None:
+    del path  # An object store needs no folders.
+
+
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
   """The records of `<workdir>/metrics.jsonl`, in order."""
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.exists(path):
-    return []
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return fileio.read_jsonl(fileio.join(workdir, METRICS_FILE))
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -127,6 +175,7 @@ def save_png(image: np.ndarray, path: str, scale: int | None = None) -> str:
   if scale > 1:
     img = img.resize((img.size[0] * scale, img.size[1] * scale),
                      Image.NEAREST)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  img.save(path)
+  buffer = io.BytesIO()
+  img.save(buffer, format="png")
+  fileio.write_bytes(path, buffer.getvalue())
   return path

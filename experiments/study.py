@@ -34,6 +34,7 @@ Any config field can be changed for every classifier with
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import sys
@@ -47,7 +48,7 @@ if ROOT not in sys.path:  # run as a script from a clone without installing
   sys.path.insert(0, ROOT)
 
 from advjax import (adversaries, checkpoints, config_utils, evaluate,  # pylint: disable=wrong-import-position
-                    inference, trainers)
+                    fileio, inference, trainers)
 from advjax.errors import UserError, one_line_errors  # pylint: disable=wrong-import-position
 from advjax.metric_writers import read_metrics  # pylint: disable=wrong-import-position
 
@@ -73,20 +74,14 @@ def columns(attack_names: Sequence[str]) -> list[tuple[str, str, str | None]]:
              ("train_minutes", "training minutes", "min")])
 
 
-def _read_done(workdir: str) -> dict[str, Any] | None:
-  path = os.path.join(workdir, DONE)
-  if not os.path.isfile(path):
+def _read_json(path: str) -> dict[str, Any] | None:
+  if not fileio.isfile(path):
     return None
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  return json.loads(fileio.read_text(path))
 
 
-def _write_done(workdir: str, data: dict[str, Any]) -> None:
-  os.makedirs(workdir, exist_ok=True)
-  tmp = os.path.join(workdir, DONE + ".tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(data, f, indent=2)
-  os.replace(tmp, os.path.join(workdir, DONE))
+def _write_json(path: str, data: dict[str, Any]) -> None:
+  fileio.write_text(path, json.dumps(data, indent=2))  # atomic
 
 
 def _parse_value(text: str) -> Any:
@@ -122,7 +117,7 @@ def apply_overrides(config: ml_collections.ConfigDict,
 
 def _train(config: ml_collections.ConfigDict, workdir: str, what: str,
            log: Callable[[str], None]) -> dict[str, Any]:
-  done = _read_done(workdir)
+  done = _read_json(fileio.join(workdir, DONE))
   if done is not None:
     log(f"{what}: already trained in {workdir}")
     return done
@@ -131,7 +126,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, what: str,
   metrics = trainers.run(config, workdir)
   done = {"metrics": {k: float(v) for k, v in metrics.items()},
           "train_seconds": time.time() - t0}
-  _write_done(workdir, done)
+  _write_json(fileio.join(workdir, DONE), done)
   return done
 
 
@@ -204,14 +199,13 @@ def write_table(rows: list[dict[str, Any]], out_dir: str, *,
                                    for k, _, kind in cols) + " |")
   lines += ["", f"Command: `{command}`", ""]
   markdown = "\n".join(lines)
-  with open(os.path.join(out_dir, "study.md"), "w", encoding="utf-8") as f:
-    f.write(markdown)
-  with open(os.path.join(out_dir, "study.csv"), "w", newline="",
-            encoding="utf-8") as f:
-    writer = csv.writer(f)
-    writer.writerow([k for k, _, _ in cols])
-    for r in rows:
-      writer.writerow([r[k] for k, _, _ in cols])
+  fileio.write_text(fileio.join(out_dir, "study.md"), markdown)
+  table = io.StringIO(newline="")
+  writer = csv.writer(table)
+  writer.writerow([k for k, _, _ in cols])
+  for r in rows:
+    writer.writerow([r[k] for k, _, _ in cols])
+  fileio.write_text(fileio.join(out_dir, "study.csv"), table.getvalue())
   return markdown
 
 
@@ -235,8 +229,10 @@ def plot_curves(curves: dict[str, dict[str, tuple[list, list]]],
     ax.grid(alpha=0.3)
     ax.legend()
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  png = io.BytesIO()
+  fig.savefig(png, format="png", dpi=120)
   plt.close(fig)
+  fileio.write_bytes(path, png.getvalue())
 
 
 def run_study(workdir: str, *, gan_config: str, classifier_config: str,
@@ -264,21 +260,21 @@ def run_study(workdir: str, *, gan_config: str, classifier_config: str,
   attack_settings = {k: dict(v) for k, v in (attack_settings or {}).items()}
   latent_steps = adversaries.get("unrestricted").evaluation_settings(
       attack_settings.get("unrestricted")).num_steps
-  os.makedirs(workdir, exist_ok=True)
+  fileio.makedirs(workdir)
   if gan_workdir:
     if not checkpoints.available_steps(gan_workdir):
       raise UserError(f"--gan_workdir {gan_workdir} holds no checkpoint")
     gan_dir = gan_workdir
     log(f"GAN: using {gan_dir}")
   else:
-    gan_dir = os.path.join(workdir, "acgan")
+    gan_dir = fileio.join(workdir, "acgan")
     gan_cfg = config_utils.load(gan_config)
     apply_overrides(gan_cfg, gan_overrides)
     _train(gan_cfg, gan_dir, "GAN", log)
 
   rows, curves = [], {}
   for mode in modes:
-    mode_dir = os.path.join(workdir, "classifiers", mode)
+    mode_dir = fileio.join(workdir, "classifiers", mode)
     config = config_utils.load(f"{classifier_config}:{mode}")
     config.adversarial_training.gan_workdir = gan_dir
     if "eval" not in config:
@@ -286,10 +282,9 @@ def run_study(workdir: str, *, gan_config: str, classifier_config: str,
     config.eval.gan_workdir = gan_dir
     apply_overrides(config, classifier_overrides)
     done = _train(config, mode_dir, f"classifier '{mode}'", log)
-    results_path = os.path.join(mode_dir, "study_eval.json")
-    if os.path.isfile(results_path):
-      with open(results_path, encoding="utf-8") as f:
-        results = json.load(f)
+    results_path = fileio.join(mode_dir, "study_eval.json")
+    results = _read_json(results_path)
+    if results is not None:
       log(f"classifier '{mode}': already evaluated")
     else:
       log(f"classifier '{mode}': evaluating ({', '.join(attack_names)}, GAN "
@@ -298,9 +293,8 @@ def run_study(workdir: str, *, gan_config: str, classifier_config: str,
           mode_dir, gan_dir, eps=eps, attack_names=attack_names,
           attack_settings=attack_settings, num_examples=num_examples,
           unrestricted=unrestricted or {})
-      save_png(grid, os.path.join(workdir, f"unrestricted_{mode}.png"))
-      with open(results_path, "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2)
+      save_png(grid, fileio.join(workdir, f"unrestricted_{mode}.png"))
+      _write_json(results_path, results)
     rows.append({"mode": mode, "train_minutes": done["train_seconds"] / 60,
                  **results})
     curves[mode] = {k: _history(mode_dir, k) for k in
@@ -310,7 +304,7 @@ def run_study(workdir: str, *, gan_config: str, classifier_config: str,
       rows, workdir, attack_names=attack_names, eps=eps, num_examples=num,
       attack_settings=rows[0].get("attack_settings", {}) if rows else {},
       unrestricted_steps=latent_steps, command=command)
-  plot_curves(curves, os.path.join(workdir, "accuracy_curves.png"))
+  plot_curves(curves, fileio.join(workdir, "accuracy_curves.png"))
   log(markdown)
   return rows
 

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import subprocess
 import sys
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def python_path() -> str:
+  """PYTHONPATH for a subprocess: the repository, then what conftest set
+  (the network guard's sitecustomize)."""
+  return os.pathsep.join(p for p in [ROOT, os.environ.get("PYTHONPATH")] if p)
 
 
 def load_config(name: str):
@@ -19,22 +28,33 @@ def load_config(name: str):
 
 def run_cli(args: list[str], *, num_devices: int = 4, mock_examples: int = 32,
             timeout: float = 300, env: dict[str, str] | None = None,
-            wait: bool = True):
-  """Runs `advjax.main` with `args` on mock data in a fresh process."""
+            wait: bool = True, mock_data: bool = True):
+  """Runs `advjax.main` with `args` in a fresh process, on mock data unless
+  `mock_data` is False."""
   full_env = dict(os.environ)
   full_env.update({
       "JAX_PLATFORMS": "cpu",
       "XLA_FLAGS": (f"--xla_force_host_platform_device_count={num_devices}"
                     " --xla_backend_optimization_level=0"),
       "MOCK_NUM_EXAMPLES": str(mock_examples),
-      "PYTHONPATH": ROOT,
+      "PYTHONPATH": python_path(),
       "TF_CPP_MIN_LOG_LEVEL": "3",
   })
   full_env.update(env or {})
-  cmd = [sys.executable, os.path.join(ROOT, "tests", "mock_main.py"), *args]
+  main = ([os.path.join(ROOT, "tests", "mock_main.py")] if mock_data
+          else ["-m", "advjax.main"])
+  cmd = [sys.executable, *main, *args]
   if not wait:
     return subprocess.Popen(cmd, env=full_env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
   return subprocess.run(cmd, env=full_env, cwd=ROOT, capture_output=True,
                         text=True, timeout=timeout)
+
+
+def write_idx_gz(path, array) -> None:
+  """Writes `array` as a gzipped uint8 IDX file (the MNIST format)."""
+  header = bytes([0, 0, 8, array.ndim])
+  header += np.asarray(array.shape, ">i4").tobytes()
+  with gzip.open(path, "wb") as f:
+    f.write(header + np.asarray(array).astype(np.uint8).tobytes())

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from advjax import fid
+from advjax import fileio
 from advjax import inception
 from advjax.errors import UserError
 
@@ -114,6 +115,23 @@ def test_torch_free_reader_matches_npz(torch_reference, fmt):
     for k in f.files:
       assert got[k].dtype == f[k].dtype, k
       np.testing.assert_array_equal(got[k], f[k], err_msg=k)
+
+
+def test_weights_are_found_and_read_in_cloud_storage(torch_reference,
+                                                     gcs_dir):
+  out, _ = torch_reference
+  for fmt in ("weights.pth", "weights_legacy.pth"):
+    path = f"{gcs_dir}/{fmt}"
+    fileio.write_bytes(path, (out / fmt).read_bytes())
+    try:
+      assert inception.find_fid_weights(path) == path
+      got = inception.read_torch_state_dict(path)
+    finally:
+      fileio.remove(path)  # 91 MB held by the emulator otherwise
+    want = inception.read_torch_state_dict(str(out / fmt))
+    assert sorted(got) == sorted(want)
+    for k, v in want.items():
+      np.testing.assert_array_equal(got[k], v, err_msg=k)
 
 
 # ---------------------------------------------------------------------------

@@ -5,7 +5,6 @@ tests build the real dataset offline from the Debian files (needs
 tensorflow-cpu for the one-time prepare; skipped without it).
 """
 
-import gzip
 import hashlib
 import os
 import subprocess
@@ -18,6 +17,7 @@ import tensorflow_datasets as tfds
 
 from advjax import input_pipeline as ip
 from advjax.errors import UserError
+from tests.helpers import python_path, write_idx_gz
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -219,7 +219,7 @@ def test_unclosed_iterator_does_not_hang_interpreter_exit():
   """)
   out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=60,
                        capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": ROOT})
+                       env={**os.environ, "PYTHONPATH": python_path()})
   assert out.returncode == 0, out.stderr
   assert "(4, 8, 8, 3)" in out.stdout
 
@@ -354,27 +354,9 @@ def test_fashion_mnist_without_files_or_internet_says_how_to_get_it(
 # Fashion-MNIST built offline from the Debian package (needs tensorflow).
 
 
-def _write_idx_gz(path, array):
-  header = bytes([0, 0, 8, array.ndim])
-  header += np.asarray(array.shape, ">i4").tobytes()
-  with gzip.open(path, "wb") as f:
-    f.write(header + array.astype(np.uint8).tobytes())
-
-
 def _digest(image, label):
   return hashlib.sha1(np.asarray(image, np.uint8).tobytes()
                       + bytes([int(label)])).hexdigest()
-
-
-@pytest.fixture(scope="module")
-def fashion_dir(tmp_path_factory):
-  """A data_dir with Fashion-MNIST built once from the Debian files."""
-  pytest.importorskip("tensorflow")
-  if not ip._has_local_fashion_mnist(ip.FASHION_MNIST_DIR):  # pylint: disable=protected-access
-    pytest.skip("apt-get install dataset-fashion-mnist")
-  data_dir = str(tmp_path_factory.mktemp("tfds"))
-  ip.get_source("fashion_mnist", "test", data_dir)  # Builds both splits.
-  return data_dir
 
 
 def test_offline_fashion_mnist_matches_the_idx_files(fashion_dir):
@@ -431,7 +413,7 @@ def test_reading_a_prepared_dataset_does_not_import_tensorflow(fashion_dir):
   """)
   out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=120,
                        capture_output=True, text=True,
-                       env={**os.environ, "PYTHONPATH": ROOT})
+                       env={**os.environ, "PYTHONPATH": python_path()})
   assert out.returncode == 0, out.stderr[-2000:]
   assert "tensorflow imported: False" in out.stdout
 
@@ -444,8 +426,8 @@ def _fake_fashion_mnist(folder, parts):
   for prefix, n in parts.items():
     images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
     labels = np.arange(n, dtype=np.uint8) % 10
-    _write_idx_gz(folder / f"{prefix}-images-idx3-ubyte.gz", images)
-    _write_idx_gz(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    write_idx_gz(folder / f"{prefix}-images-idx3-ubyte.gz", images)
+    write_idx_gz(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
     raw[prefix] = images
   return raw
 

@@ -17,12 +17,11 @@ transfer error from an undistilled substitute (`advjax.evaluate
 from __future__ import annotations
 
 import json
-import os
 
 import jax
 import ml_collections
 
-from advjax import evaluate, inference, loop
+from advjax import evaluate, fileio, inference, loop
 from advjax.trainers import classifier
 
 TRAINER = "distillation"
@@ -39,8 +38,8 @@ def _classifier_config(config: ml_collections.ConfigDict,
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, float]:
   """Teacher, then student, then the comparison; reruns resume each part."""
-  teacher_dir = os.path.join(workdir, "teacher")
-  student_dir = os.path.join(workdir, "student")
+  teacher_dir = fileio.join(workdir, "teacher")
+  student_dir = fileio.join(workdir, "student")
   is_main = jax.process_index() == 0
   loop.announce(f"distillation at temperature {config.temperature}: "
                 f"training the teacher in {teacher_dir}")
@@ -69,12 +68,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
         f"{100 * row['fgsm_accuracy']:.2f}%" for row in r["rows"]) + " |")
   markdown = "\n".join(lines) + "\n"
   if is_main:
-    with open(os.path.join(workdir, "distillation.md"), "w",
-              encoding="utf-8") as f:
-      f.write(markdown)
-    with open(os.path.join(workdir, "distillation.json"), "w",
-              encoding="utf-8") as f:
-      json.dump(results, f, indent=2)
+    fileio.write_text(fileio.join(workdir, "distillation.md"), markdown)
+    fileio.write_text(fileio.join(workdir, "distillation.json"),
+                      json.dumps(results, indent=2))
     print(markdown, flush=True)
   return {"teacher/clean_accuracy": results["teacher"]["clean_accuracy"],
           "student/clean_accuracy": results["student"]["clean_accuracy"]}
