@@ -27,13 +27,14 @@ import json
 import logging
 import time
 import warnings
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
-from advjax import fileio
+from advjax import fileio, integrity
 from advjax import settings as settings_lib
 from advjax.errors import UserError
 
@@ -85,18 +86,40 @@ def _options(s: Settings, read_only: bool = False):
       read_only=read_only)
 
 
-class Checkpointer:
-  """Saves and resumes one run's train state (thin wrapper over orbax)."""
+class StateMismatch(UserError):
+  """The saved train state does not fit the one this config builds."""
 
-  def __init__(self, workdir: str, settings: Settings = Settings()):
+
+LEGACY_FROZEN = ("teacher", "augment_vars")
+
+
+class Checkpointer:
+  """Saves and resumes one run's train state (orbax, plus digests).
+
+  Process 0 (`writer`) writes a digest of each step once orbax has committed
+  it (`advjax.integrity`) and moves unreadable steps aside; nothing saved is
+  ever deleted because it could not be read.
+  """
+
+  def __init__(self, workdir: str, settings: Settings = Settings(),
+               writer: bool = True):
     self.directory = checkpoint_dir(workdir)
+    self.workdir = workdir
     self.best_metric = settings.best_metric
+    self.writer = writer
     self._manager = ocp.CheckpointManager(
         self.directory, options=_options(settings),
-        item_names=(STATE, META))
+        item_handlers=_handlers())
+    self._digests = integrity.PendingDigests(self.directory)
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
+
+  def _finish_pending(self) -> None:
+    """Waits for the save in flight, then digests what this run saved."""
+    self._manager.wait_until_finished()
+    if self.writer:
+      self._digests.flush()
 
   def save(self, step: int, state: Any, meta: dict[str, Any],
            metrics: dict[str, float] | None = None) -> None:
@@ -112,43 +135,124 @@ class Checkpointer:
     meta = dict(meta, step=int(step))
     if metrics is not None:
       meta["metrics"] = {k: float(v) for k, v in metrics.items()}
+    self._finish_pending()
     self._manager.save(
         int(step),
         args=ocp.args.Composite(**{STATE: ocp.args.StandardSave(state),
                                    META: ocp.args.JsonSave(meta)}),
         metrics=meta.get("metrics") if self.best_metric else None,
         force=True)
+    self._digests.add(step)
 
-  def restore_latest(self, target: Any) -> tuple[Any, dict] | None:
+  def restore_latest(self, target: Any,
+                     check_meta: Callable[[dict], None] | None = None
+                     ) -> tuple[Any, dict] | None:
     """Restores the newest readable checkpoint into the structure of `target`.
 
-    Returns (state, meta), or None when there is no checkpoint. Unreadable
-    checkpoints are skipped, newest first, with a warning.
+    Returns (state, meta), or None when there is no checkpoint. Newest first,
+    a step whose files do not match their digest, or whose meta or arrays
+    cannot be read, is moved aside (`integrity.quarantine`, by the writer)
+    with a warning, and the one before it is tried. `check_meta(meta)` runs
+    on the first readable meta before any array is read (the loop compares
+    configs there). A state of another structure than `target` is a
+    `StateMismatch`, never a reason to move a step aside.
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    checked = False
     for step in reversed(self.all_steps()):
-      try:
-        restored = self._manager.restore(
-            step, args=ocp.args.Composite(
-                **{STATE: ocp.args.StandardRestore(abstract),
-                   META: ocp.args.JsonRestore()}))
-      except Exception as e:  # pylint: disable=broad-except
-        _warn_unreadable(self.directory, step, e)
+      step_dir = fileio.join(self.directory, str(step))
+      verdict = integrity.verify(step_dir)
+      if not verdict:
+        self._set_aside(step, verdict.reason)
         continue
-      return restored[STATE], dict(restored[META])
+      try:
+        meta = dict(self._manager.restore(step, args=ocp.args.Composite(
+            **{META: ocp.args.JsonRestore()}))[META])
+      except Exception as e:  # pylint: disable=broad-except
+        self._set_aside(step, _describe(e))
+        continue
+      if check_meta is not None and not checked:
+        check_meta(meta)
+        checked = True
+      self._check_structure(step, abstract)
+      try:
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            **{STATE: ocp.args.StandardRestore(abstract)}))
+      except Exception as e:  # pylint: disable=broad-except
+        self._set_aside(step, _describe(e))
+        continue
+      return restored[STATE], meta
     return None
 
+  def _check_structure(self, step: int, abstract: Any) -> None:
+    """A StateMismatch unless the saved tree has `abstract`'s paths, shapes
+    and dtypes (read from orbax's metadata, no array is loaded)."""
+    try:
+      metadata = self._manager.item_metadata(step)[STATE]
+    except Exception:  # pylint: disable=broad-except
+      return  # unreadable metadata: the restore itself will tell
+    tree = metadata.tree if hasattr(metadata, "tree") else metadata
+    saved = _shapes(tree)
+    wanted = _shapes(abstract)
+    if not saved or saved == wanted:
+      return  # (no metadata to compare: the restore itself will tell)
+    legacy = sorted({p.split("/")[0] for p in saved} & set(LEGACY_FROZEN))
+    if legacy:
+      raise StateMismatch(
+          f"the checkpoint at step {step} in {self.workdir} was written by an "
+          f"advjax that kept frozen models ({', '.join(legacy)}) in the train "
+          f"state, which cannot be resumed now; evaluate it with "
+          f"advjax.inference.restore, or train again in another --workdir")
+    diff = sorted(set(saved.items()) ^ set(wanted.items()))
+    path = diff[0][0]
+    raise StateMismatch(
+        f"the saved state at step {step} in {self.workdir} does not fit the "
+        f"state this config builds ({path}: saved "
+        f"{saved.get(path, 'nothing')}, now {wanted.get(path, 'nothing')}); "
+        f"train in another --workdir")
+
+  def _set_aside(self, step: int, reason: str) -> None:
+    where = f"{self.directory}/{step}"
+    if self.writer:
+      moved = integrity.quarantine(self.directory, step, reason)
+      self._manager.reload()
+      where = f"{where}, moved to {moved}"
+    msg = (f"advjax: checkpoint step {step} cannot be read ({reason}); "
+           f"resuming from an earlier one ({where})")
+    warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    logging.warning(msg)
+
   def close(self) -> None:
-    self._manager.wait_until_finished()
+    self._finish_pending()
     self._manager.close()
 
 
-def _warn_unreadable(directory: str, step: int, error: Exception) -> None:
-  msg = (f"advjax: checkpoint {directory}/{step} cannot be read "
-         f"({type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}); "
+def _shapes(tree: Any) -> dict[str, tuple]:
+  """{'a/b/c': (shape, dtype)} of the array leaves of a (metadata) tree."""
+  out = {}
+  flat, _ = jax.tree_util.tree_flatten_with_path(
+      tree, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))
+  for path, leaf in flat:
+    if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
+      key = "/".join(str(getattr(k, "key", getattr(k, "name", k)))
+                     for k in path)
+      out[key] = (tuple(leaf.shape), str(np.dtype(leaf.dtype))
+                  if not jax.dtypes.issubdtype(leaf.dtype,
+                                               jax.dtypes.prng_key)
+                  else "key")
+  return out
+
+
+def _warn_unreadable(directory: str, step: int, reason: str) -> None:
+  msg = (f"advjax: checkpoint {directory}/{step} cannot be read ({reason}); "
          f"falling back to an earlier one")
   warnings.warn(msg, RuntimeWarning, stacklevel=3)
   logging.warning(msg)
+
+
+def _describe(error: Exception) -> str:
+  text = str(error).strip().splitlines()[0][:200] if str(error) else ""
+  return f"{type(error).__name__}: {text}"
 
 
 # ---------------------------------------------------------------------------
@@ -179,6 +283,11 @@ class Checkpoint:
     return self.meta.get("trainer", "classifier")
 
 
+def _handlers() -> dict[str, Any]:
+  return {STATE: ocp.StandardCheckpointHandler(),
+          META: ocp.JsonCheckpointHandler()}
+
+
 def _read_only_manager(directory: str,
                        attempts: int = 5) -> ocp.CheckpointManager:
   """A manager that only reads. A run that is still training may delete an
@@ -188,8 +297,7 @@ def _read_only_manager(directory: str,
       return ocp.CheckpointManager(
           directory, options=_options(Settings(keep=1, async_save=False),
                                       read_only=True),
-          item_handlers={STATE: ocp.StandardCheckpointHandler(),
-                         META: ocp.JsonCheckpointHandler()})
+          item_handlers=_handlers())
     except FileNotFoundError:
       if attempt == attempts - 1:
         raise
@@ -236,6 +344,10 @@ def load(workdir: str, step: int | None = None,
     if best:
       candidates = _rank_by_best(mngr, candidates)
     for s in candidates:
+      verdict = integrity.verify(fileio.join(directory, str(s)))
+      if not verdict:
+        _warn_unreadable(directory, s, verdict.reason)
+        continue
       try:
         meta = dict(mngr.restore(s, args=ocp.args.Composite(
             **{META: ocp.args.JsonRestore()}))[META])
@@ -243,7 +355,7 @@ def load(workdir: str, step: int | None = None,
       except UserError:
         raise
       except Exception as e:  # pylint: disable=broad-except
-        _warn_unreadable(directory, s, e)
+        _warn_unreadable(directory, s, _describe(e))
         continue
       config = ml_collections.ConfigDict(meta.get("config", {}))
       return Checkpoint(config=config, state=state, meta=meta, step=s,

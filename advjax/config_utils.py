@@ -42,10 +42,29 @@ def load(path: str) -> ml_collections.ConfigDict:
   name = "advjax_config_" + os.path.splitext(os.path.basename(path))[0]
   spec = importlib.util.spec_from_file_location(name, path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  try:
+    spec.loader.exec_module(module)
+  except SyntaxError as e:
+    raise UserError(f"syntax error in config file '{path}' line {e.lineno}: "
+                    f"{e.msg}") from None
+  except UserError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(f"config file '{path}' raised {type(e).__name__}: "
+                    f"{_first_line(e)}") from None
   if not hasattr(module, "get_config"):
-    raise UserError(f"config file '{path}' has no get_config()")
-  return module.get_config() if arg is None else module.get_config(arg)
+    raise UserError(f"config file '{path}' defines no get_config()")
+  try:
+    return module.get_config() if arg is None else module.get_config(arg)
+  except UserError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(f"get_config() of '{path}' raised {type(e).__name__}: "
+                    f"{_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+  return (str(e).strip().splitlines() or [""])[0][:200]
 
 
 def base(name: str) -> ml_collections.ConfigDict:

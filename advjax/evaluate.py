@@ -28,7 +28,8 @@ import ml_collections
 import numpy as np
 
 from advjax import adversaries, attacks, fileio, inference, input_pipeline
-from advjax.errors import UserError, one_line_errors
+from advjax import cli
+from advjax.errors import UserError
 from advjax.metric_writers import image_grid, save_png
 
 
@@ -559,7 +560,7 @@ def _floats(values: Sequence[str], name: str) -> list[float]:
 
 
 def main(argv):
-  del argv  # one_line_errors refuses positional arguments
+  del argv  # cli.run refuses positional arguments
   from absl import flags  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   if f.batch_size <= 0:
@@ -581,7 +582,6 @@ def main(argv):
 
 def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_enum("mode", "robustness", ["robustness", "gan"],
                     "What to evaluate.")
   flags.DEFINE_string("workdir", None, "The checkpoint's work directory.")
@@ -591,7 +591,7 @@ def _define_flags():
   flags.DEFINE_list("attacks", _default_attacks(),
                     "--mode=robustness: norm-bounded adversaries to run "
                     "(advjax.adversaries), a column each.")
-  config_flags.DEFINE_config_dict(
+  cli.define_config_dict(
       "attack", attack_flags(),
       "Settings of each adversary, --attack.<name>.<field>.")
   flags.DEFINE_integer("num_examples", 1000, "Test images to attack (<=0: all).")
@@ -602,11 +602,11 @@ def _define_flags():
                       "--mode=robustness: AC-GAN for the unrestricted "
                       "(latent) attack; settings as "
                       "--attack.unrestricted.<field>.")
-  config_flags.DEFINE_config_dict(
+  cli.define_config_dict(
       "unrestricted", unrestricted_config(),
       "The unrestricted report's samples: --unrestricted.num_samples, "
       ".batch_size, .seed.")
-  config_flags.DEFINE_config_dict(
+  cli.define_config_dict(
       "patch", patch_config(),
       "--mode=robustness: adversarial patch settings; --patch.size=8 "
       "turns it on.")
@@ -620,10 +620,9 @@ def _define_flags():
                     "--mode=gan: compute Inception FID/IS (needs weights).")
 
 
-def entry_point():
-  from absl import app  # pylint: disable=g-import-not-at-top
+def entry_point(argv: Sequence[str] | None = None):
   _define_flags()
-  app.run(one_line_errors(main))
+  cli.run(main, argv, config_flag=None)
 
 
 if __name__ == "__main__":

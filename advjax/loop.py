@@ -23,7 +23,10 @@ Checkpoints therefore hold only what training changes.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import math
+import signal
+import threading
 import time
 from typing import Any, Callable
 
@@ -33,7 +36,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from advjax import checkpoints, input_pipeline, parallel
+from advjax import (checkpoints, config_changes, input_pipeline, parallel,
+                    run_lock)
 from advjax import settings as settings_lib
 from advjax.errors import TrainingDiverged, UserError
 from advjax.metric_writers import MetricWriter
@@ -236,28 +240,157 @@ class Task:
   frozen: Any = dataclasses.field(default_factory=dict)
 
 
+@dataclasses.dataclass(frozen=True)
+class RunOptions:
+  """How to treat an existing run in the work directory (command-line
+  choices, not part of the run's config).
+
+  allow_config_change: resume although the saved config differs in fields
+    other than the run's length and intervals (`advjax.config_changes`).
+  """
+  allow_config_change: bool = False
+
+
+class Stopped(Exception):
+  """SIGINT or SIGTERM stopped the run at a step boundary; the message says
+  where it was saved and how to resume."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.signum = signum
+
+
+class _StopSignals:
+  """While active, SIGINT/SIGTERM ask the loop to stop after the step in
+  flight (and save it); a second SIGINT interrupts at once."""
+
+  def __init__(self):
+    self.signum: int | None = None
+    self._previous = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGINT, signal.SIGTERM):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signum is not None and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signum = signum
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _out_of_space(error: BaseException) -> str | None:
+  """The path of a 'No space left on device' error in `error`'s chain."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+      return error.filename or "the work directory"
+    if "No space left on device" in str(error):
+      return "the work directory"
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def _check_config(saved: dict[str, Any], config: ml_collections.ConfigDict,
+                  workdir: str, options: RunOptions) -> None:
+  """Refuses to resume a run under a changed config (one line naming the
+  fields and both ways forward) unless the change only extends or observes
+  the run, or `options.allow_config_change`."""
+  accepted, refused = config_changes.compare_configs(
+      saved.get("config", {}), checkpoints.config_to_json(config))
+  if refused and not options.allow_config_change:
+    raise UserError(config_changes.refused_message(refused, workdir))
+  if (accepted or refused) and jax.process_index() == 0:
+    print(config_changes.accepted_message(accepted + refused), flush=True)
+
+
+def _take_lock(workdir: str) -> run_lock.RunLock | None:
+  """Process 0 holds the work directory's lock; the others learn whether it
+  could (so that every process stops with the same error)."""
+  lock, error = None, None
+  if jax.process_index() == 0:
+    try:
+      lock = run_lock.RunLock(workdir).acquire()
+    except UserError as e:
+      error = e
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    ok = multihost_utils.broadcast_one_to_all(np.int32(error is None))
+    if not ok and error is None:
+      error = UserError(f"process 0 could not take the lock of {workdir}; "
+                        f"see its message")
+  if error is not None:
+    raise error
+  return lock
+
+
 def run(config: ml_collections.ConfigDict, workdir: str, task: Task,
         mesh: jax.sharding.Mesh, total_steps: int, steps_per_epoch: int,
-        t_start: float | None = None) -> dict[str, float]:
+        t_start: float | None = None,
+        options: RunOptions = RunOptions()) -> dict[str, float]:
   """Trains `task` to `total_steps`, resuming from `workdir`; returns the
-  final evaluation metrics."""
+  final evaluation metrics.
+
+  The work directory belongs to this run while it trains (`run_lock`); a
+  saved config is compared with `config` before anything is restored;
+  unreadable checkpoints are moved aside, never deleted; SIGINT/SIGTERM stop
+  at the next step boundary with a checkpoint there (`Stopped`); a full disk
+  is one line naming the path.
+  """
   t_start = time.time() if t_start is None else t_start
   s = read_settings(config)
   ck = checkpoints.read_settings(config)
+  lock = _take_lock(workdir)
+  try:
+    return _run(config, workdir, task, mesh, total_steps, steps_per_epoch,
+                t_start, options, s, ck, lock)
+  except Exception as e:  # pylint: disable=broad-except
+    path = _out_of_space(e)
+    if path is None:
+      raise
+    raise UserError(f"no space left on device writing {path}; free some "
+                    f"space and rerun the same command to resume from the "
+                    f"last checkpoint in {checkpoints.checkpoint_dir(workdir)}"
+                    ) from None
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _run(config, workdir, task, mesh, total_steps, steps_per_epoch, t_start,
+         options, s, ck, lock) -> dict[str, float]:
   is_main = jax.process_index() == 0
   state = parallel.replicate(task.state, mesh)
   rng = parallel.replicate(jax.random.fold_in(jax.random.key(s.seed), 1),
                            mesh)
-  ckpt = checkpoints.Checkpointer(workdir, ck)
+  ckpt = checkpoints.Checkpointer(workdir, ck, writer=is_main)
   start_step, last_saved = 0, None
-  restored = ckpt.restore_latest(state)
+  try:
+    restored = ckpt.restore_latest(
+        state, check_meta=lambda meta: _check_config(meta, config, workdir,
+                                                     options))
+  except BaseException:
+    ckpt.close()
+    raise
   if restored is not None:
     state, meta = restored
     start_step = int(meta["data_position"]["step"])
     last_saved = int(meta["step"])
-    if is_main:
-      print(f"advjax: resumed from step {start_step} "
-            f"({ckpt.directory}/{last_saved})", flush=True)
+    if start_step > total_steps:
+      ckpt.close()
+      raise UserError(
+          f"the run in {workdir} is already at step {start_step}, beyond the "
+          f"{total_steps} steps this config asks for; ask for more steps to "
+          f"continue it, or pass another --workdir")
+    announce(f"resumed from step {start_step} ({ckpt.directory}/"
+             f"{last_saved})")
 
   frozen = parallel.replicate(task.frozen, mesh)
   p_step = parallel.data_parallel(task.step_fn, mesh,
@@ -279,41 +412,57 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task,
   ckpt_every = ck.every_steps if ck.every_steps > 0 else steps_per_epoch
   eval_metrics: dict[str, float] = {}
   step = start_step
+
+  def save(step: int, did_eval: bool) -> None:
+    check_finite(state, last_saved, workdir)
+    if lock is not None:
+      lock.check()
+    writer.flush()  # The log reaches every checkpoint a resume can use.
+    ckpt.save(step, state, dict(meta_base, data_position={"step": step}),
+              metrics=eval_metrics if did_eval else None)
+
   try:
-    while step < total_steps:
-      batch = parallel.shard_batch(next(train_iter), mesh)
-      state, metrics = p_step(state, batch, rng, frozen)
-      buffer.append(metrics)
-      step += 1
-      progress.update(step)
-      is_last = step == total_steps
-      if step % log_every == 0 or is_last:
-        check_finite(state, last_saved, workdir)
-        scalars = {f"train/{k}": v for k, v in buffer.mean().items()}
-        scalars["train/images_per_sec"] = progress.images_per_sec(step)
-        scalars["train/epoch"] = step / steps_per_epoch
-        writer.write_scalars(step, scalars)
-        progress.set_postfix(
-            loss=scalars.get(f"train/{task.loss_key}", float("nan")),
-            img_s=round(scalars["train/images_per_sec"])
-            if math.isfinite(scalars["train/images_per_sec"]) else "-")
-      did_eval = False
-      if step % eval_every == 0 or is_last:
-        eval_metrics = task.evaluate(state, step, writer)
-        if eval_metrics:
-          writer.write_scalars(step, eval_metrics)
-          progress.write(f"step {step}: " + ", ".join(
-              f"{k} {v:.4g}" for k, v in eval_metrics.items()))
-        did_eval = True
-      if step % ckpt_every == 0 or is_last:
-        check_finite(state, last_saved, workdir)
-        writer.flush()  # The log reaches every checkpoint a resume can use.
-        ckpt.save(step, state,
-                  dict(meta_base, data_position={"step": step}),
-                  metrics=eval_metrics if did_eval else None)
-        last_saved = step
-      if did_eval or step % ckpt_every == 0:
-        progress.restart_clock(step)
+    with _StopSignals() as stop:
+      while step < total_steps:
+        batch = parallel.shard_batch(next(train_iter), mesh)
+        state, metrics = p_step(state, batch, rng, frozen)
+        buffer.append(metrics)
+        step += 1
+        progress.update(step)
+        is_last = step == total_steps
+        if step % log_every == 0 or is_last:
+          check_finite(state, last_saved, workdir)
+          scalars = {f"train/{k}": v for k, v in buffer.mean().items()}
+          scalars["train/images_per_sec"] = progress.images_per_sec(step)
+          scalars["train/epoch"] = step / steps_per_epoch
+          writer.write_scalars(step, scalars)
+          progress.set_postfix(
+              loss=scalars.get(f"train/{task.loss_key}", float("nan")),
+              img_s=round(scalars["train/images_per_sec"])
+              if math.isfinite(scalars["train/images_per_sec"]) else "-")
+        did_eval = False
+        if step % eval_every == 0 or is_last:
+          eval_metrics = task.evaluate(state, step, writer)
+          if eval_metrics:
+            writer.write_scalars(step, eval_metrics)
+            progress.write(f"step {step}: " + ", ".join(
+                f"{k} {v:.4g}" for k, v in eval_metrics.items()))
+          did_eval = True
+        if step % ckpt_every == 0 or is_last or stop.signum is not None:
+          save(step, did_eval)
+          last_saved = step
+        if stop.signum is not None:
+          name = signal.Signals(stop.signum).name
+          raise Stopped(f"stopped by {name} at step {step}; checkpoint "
+                        f"{ckpt.directory}/{step}; rerun the same command to "
+                        f"resume", stop.signum)
+        if did_eval or step % ckpt_every == 0:
+          progress.restart_clock(step)
+  except KeyboardInterrupt:
+    raise Stopped(f"interrupted at step {step}; rerun the same command to "
+                  f"resume from the last checkpoint"
+                  + (f" (step {last_saved})" if last_saved is not None
+                     else " (none was saved)"), signal.SIGINT) from None
   finally:
     progress.close()
     train_iter.close()

@@ -49,7 +49,8 @@ if ROOT not in sys.path:  # run as a script from a clone without installing
 
 from advjax import (adversaries, checkpoints, config_utils, evaluate,  # pylint: disable=wrong-import-position
                     fileio, inference, trainers)
-from advjax.errors import UserError, one_line_errors  # pylint: disable=wrong-import-position
+from advjax import cli  # pylint: disable=wrong-import-position
+from advjax.errors import UserError  # pylint: disable=wrong-import-position
 from advjax.metric_writers import read_metrics  # pylint: disable=wrong-import-position
 
 DONE = "study_done.json"
@@ -350,7 +351,6 @@ def preset_settings(preset: str, *, num_examples: int | None = None,
 
 def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("workdir", None, "The folder of the whole study.")
   flags.DEFINE_string("gan_config",
                       os.path.join(ROOT, "configs", "quickstart_gan.py"),
@@ -371,11 +371,11 @@ def _define_flags():
                      "units.")
   flags.DEFINE_list("attacks", list(DEFAULT_ATTACKS),
                     "Norm-bounded adversaries of the table (a column each).")
-  config_flags.DEFINE_config_dict(
+  cli.define_config_dict(
       "attack", evaluate.attack_flags(),
       "Settings of each adversary, --attack.<name>.<field>.")
   flags.DEFINE_integer("num_examples", 10000, "Test images to evaluate.")
-  config_flags.DEFINE_config_dict(
+  cli.define_config_dict(
       "unrestricted", evaluate.unrestricted_config(),
       "The latent report's samples: --unrestricted.num_samples, ...")
 
@@ -397,7 +397,7 @@ def _given(f, name: str) -> dict[str, Any]:
 
 
 def _main(argv):
-  del argv  # one_line_errors refuses positional arguments
+  del argv  # cli.run refuses positional arguments
   from absl import flags  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   command = " ".join(["python", "experiments/study.py"] + sys.argv[1:])
@@ -414,6 +414,5 @@ def _main(argv):
 
 
 if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
   _define_flags()
-  app.run(one_line_errors(_main))
+  cli.run(_main, config_flag=None)

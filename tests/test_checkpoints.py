@@ -56,13 +56,16 @@ def test_resume_skips_a_corrupt_latest_checkpoint_with_a_warning(tmp_path):
         f.write(b"garbage")
   ckpt = checkpoints.Checkpointer(
       workdir, checkpoints.Settings(keep=3, async_save=False))
-  with pytest.warns(RuntimeWarning, match="checkpoints/3 cannot be read"):
+  with pytest.warns(RuntimeWarning, match="checkpoint step 3 cannot be read"):
     state, meta = ckpt.restore_latest(_state(0))
   ckpt.close()
   assert meta["step"] == 2 and meta["data_position"]["step"] == 2
   np.testing.assert_array_equal(state["params"]["w"], np.full(3, 2.0))
-  with pytest.warns(RuntimeWarning, match="cannot be read"):
-    assert checkpoints.load(workdir).step == 2
+  # The damaged step was moved aside, not deleted: later reads skip it.
+  assert checkpoints.available_steps(workdir) == [1, 2]
+  assert any(name.startswith("3.unreadable-")
+             for name in os.listdir(os.path.join(workdir, "checkpoints")))
+  assert checkpoints.load(workdir).step == 2
 
 
 def test_half_written_checkpoint_is_ignored(tmp_path):

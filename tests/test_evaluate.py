@@ -77,16 +77,32 @@ def test_reports_write_markdown_json_and_images(runs, tmp_path):
   assert f"{100 * data['classifier_accuracy_on_samples']:.2f}%" in markdown
 
 
-def test_evaluate_cli_gives_one_line_errors(tmp_path):
+@pytest.mark.parametrize("flags, needle", [
+    ([], "no checkpoints in"),
+    (["--eps=abc"], "--eps takes numbers"),
+    (["--batch_size=0"], "--batch_size must be > 0"),
+    (["--attack.pgd.num_step=3"], "did you mean"),
+    (["extra"], "unexpected argument(s) 'extra'"),
+])
+def test_evaluate_cli_gives_one_line_errors(tmp_path, flags, needle):
   import subprocess, sys
   from tests.helpers import ROOT
   out = subprocess.run(
       [sys.executable, "-m", "advjax.evaluate", "--mode=robustness",
-       f"--workdir={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
-      timeout=120)
-  assert out.returncode == 2
-  assert out.stderr.strip().splitlines()[-1].startswith(
-      "advjax: error: no checkpoints in")
+       f"--workdir={tmp_path}", *flags], cwd=ROOT, capture_output=True,
+      text=True, timeout=120)
+  assert out.returncode == 2, out.stderr[-2000:]
+  lines = out.stderr.strip().splitlines()
+  assert lines[-1].startswith("advjax: error:") and needle in lines[-1]
+  assert "Traceback" not in out.stderr
+
+
+def test_nan_or_negative_eps_is_refused(runs):
+  classifier_dir, _ = runs
+  classifier = inference.restore(classifier_dir)
+  for eps in (float("nan"), -0.1):
+    with pytest.raises(UserError, match="eps must be finite and >= 0"):
+      evaluate.robustness(classifier, eps_list=[eps])
 
 
 def test_gan_metrics_say_why_inception_fid_is_missing(runs, monkeypatch,

@@ -55,6 +55,9 @@ def test_gan_config_trains_under_mock_data_and_samples_from_checkpoint(
   assert np.all(np.abs(images) <= 1.0)
   again = restored.sample(1 if conditional else None, n=3, seed=0)
   np.testing.assert_array_equal(images, again)
+  for n in (0, -1):
+    with pytest.raises(UserError, match="positive number of samples"):
+      restored.sample(1 if conditional else None, n=n)
   grids = sorted(os.listdir(os.path.join(workdir, "images")))
   assert grids and grids[-1].startswith("samples_")
 

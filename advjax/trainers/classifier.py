@@ -40,6 +40,8 @@ from advjax import settings as settings_lib
 from advjax.errors import UserError
 from advjax.parallel import AXIS
 
+SECTIONS = ("dataset", "model", "optimizer")
+EXAMPLE_CONFIG = "configs/quickstart.py"
 TRAINER = "classifier"
 COMPUTE_DTYPES = ("float32", "bfloat16")
 
@@ -279,8 +281,9 @@ def _teacher(config: ml_collections.ConfigDict, dataset: str
   return teacher
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       options: loop.RunOptions = loop.RunOptions()
+                       ) -> dict[str, float]:
   """Trains a classifier, resuming from `workdir` if it holds a checkpoint.
 
   Returns the final evaluation metrics.
@@ -356,4 +359,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                          f"{int(m['eval/count'])} {info.name} "
                          f"{info.eval_split} images"))
   return loop.run(config, workdir, task, mesh, total_steps, steps_per_epoch,
-                  t_start=t_start)
+                  t_start=t_start, options=options)

@@ -46,6 +46,8 @@ from advjax.models import cyclegan as cyclegan_models
 from advjax.parallel import AXIS
 from advjax.trainers.gan import Players
 
+SECTIONS = ("dataset", "model", "cyclegan", "g_optimizer", "d_optimizer")
+EXAMPLE_CONFIG = "configs/cyclegan_fashion_mnist.py"
 TRAINER = "cyclegan"
 DIRECTIONS = inference.DIRECTIONS
 
@@ -337,8 +339,9 @@ def evaluate_translations(translate, g_params, images_a: np.ndarray,
   return metrics
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       options: loop.RunOptions = loop.RunOptions()
+                       ) -> dict[str, float]:
   """Trains the CycleGAN of `config`, resuming from `workdir` if possible."""
   t_start = time.time()
   s = read_settings(config)
@@ -396,4 +399,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       batch_size=config.batch_size, train_source=train_source,
       evaluate=evaluate, summary=summary, loss_key="g_loss")
   return loop.run(config, workdir, task, mesh, total_steps, steps_per_epoch,
-                  t_start=t_start)
+                  t_start=t_start, options=options)

@@ -24,6 +24,8 @@ import ml_collections
 from advjax import evaluate, fileio, inference, loop
 from advjax.trainers import classifier
 
+SECTIONS = ("dataset", "model", "optimizer", "distill")
+EXAMPLE_CONFIG = "configs/distillation_fashion_mnist.py"
 TRAINER = "distillation"
 
 
@@ -35,15 +37,17 @@ def _classifier_config(config: ml_collections.ConfigDict,
   return c
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       options: loop.RunOptions = loop.RunOptions()
+                       ) -> dict[str, float]:
   """Teacher, then student, then the comparison; reruns resume each part."""
   teacher_dir = fileio.join(workdir, "teacher")
   student_dir = fileio.join(workdir, "student")
   is_main = jax.process_index() == 0
   loop.announce(f"distillation at temperature {config.temperature}: "
                 f"training the teacher in {teacher_dir}")
-  classifier.train_and_evaluate(_classifier_config(config, ""), teacher_dir)
+  classifier.train_and_evaluate(_classifier_config(config, ""), teacher_dir,
+                                options)
   loop.announce(f"training the student on the teacher's soft labels in "
                 f"{student_dir}")
   classifier.train_and_evaluate(_classifier_config(config, teacher_dir),

@@ -55,6 +55,8 @@ from advjax.metric_writers import MetricWriter, image_grid
 from advjax.models import count_params, gans
 from advjax.parallel import AXIS
 
+SECTIONS = ("dataset", "model", "gan", "g_optimizer", "d_optimizer")
+EXAMPLE_CONFIG = "configs/quickstart_gan.py"
 TRAINER = "gan"
 
 
@@ -466,8 +468,9 @@ def classifier_accuracy_on_samples(generate, g_params, g_state,
   return correct / len(labels)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       options: loop.RunOptions = loop.RunOptions()
+                       ) -> dict[str, float]:
   """Trains the GAN of `config`, resuming from `workdir` if possible."""
   t_start = time.time()
   s = read_settings(config)
@@ -527,4 +530,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       batch_size=step_batch, train_source=train_source, evaluate=evaluate,
       summary=summary, loss_key="d_loss")
   return loop.run(config, workdir, task, mesh, total_steps, steps_per_epoch,
-                  t_start=t_start)
+                  t_start=t_start, options=options)
