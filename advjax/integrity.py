@@ -56,13 +56,20 @@ def _files(step_dir: epath.Path) -> dict[str, epath.Path]:
   """{relative posix path: path} of every file under `step_dir`, except the
   digest (and its temporary twin)."""
   out = {}
+  base = _without_scheme(step_dir)
   for root, _, names in step_dir.walk():
+    # Object stores walk with bucket-relative roots ('bucket/a/b', no gs://).
+    sub = _without_scheme(root)[len(base):].strip("/")
     for name in names:
-      path = epath.Path(root) / name
-      rel = path.relative_to(step_dir).as_posix()
+      rel = f"{sub}/{name}" if sub else name
       if rel not in (DIGEST_NAME, DIGEST_NAME + ".tmp"):
-        out[rel] = path
+        out[rel] = step_dir / rel
   return out
+
+
+def _without_scheme(path: Any) -> str:
+  text = os.fspath(path).rstrip("/")
+  return text.split("://", 1)[1] if "://" in text else text
 
 
 def _hash(path: epath.Path) -> tuple[int, str]:

@@ -135,7 +135,8 @@ def gradient_penalty(critic_fn: Callable[[jax.Array], jax.Array], real, fake,
   grad(sum_i C(x_hat_i)), which is exact because the critic treats samples
   independently (so no batch normalisation in the critic, as the paper says).
   `critic_fn` maps [B, ...] to scores [B] or [B, 1]; close it over the critic
-  parameters to differentiate GP w.r.t. them. The norm is
+  parameters to differentiate GP w.r.t. them. `rng` is one key, or one key
+  per sample ([B]) to draw each e from its own. The norm is
   sqrt(sum g^2 + 1e-12) so that GP stays differentiable when g = 0.
 
   Returns GP, or (GP, mean gradient norm) when `return_norm` (for logging).
@@ -152,7 +153,11 @@ def gradient_penalty(critic_fn: Callable[[jax.Array], jax.Array], real, fake,
         f"{real.shape}.")
   batch = real.shape[0]
   mix_shape = (batch,) + (1,) * (real.ndim - 1)
-  e = jax.random.uniform(rng, mix_shape, real.dtype)
+  if jnp.shape(rng) == (batch,):  # one key per sample
+    e = jax.vmap(lambda k: jax.random.uniform(k, mix_shape[1:], real.dtype))(
+        rng)
+  else:
+    e = jax.random.uniform(rng, mix_shape, real.dtype)
   x_hat = e * real + (1. - e) * fake
 
   def total_score(xs):

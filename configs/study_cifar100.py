@@ -32,4 +32,8 @@ def get_config(mode: str = "none") -> ml_collections.ConfigDict:
   config = config_utils.base("densenet_cifar100")
   config.adversarial_training = common.adversarial_training(
       mode, gan_workdir="/tmp/advjax/acgan_cifar100")  # placeholder path
+  # Accuracy on gan_samples class-balanced samples of the AC-GAN in
+  # eval.gan_workdir, logged while training (experiments/study.py sets it).
+  config.eval = ml_collections.ConfigDict(dict(gan_workdir="",
+                                               gan_samples=1000))
   return config

@@ -47,4 +47,8 @@ def get_config(mode: str = "none") -> ml_collections.ConfigDict:
     adv.unrestricted.num_steps = 8
     adv.unrestricted.learning_rate = 0.5
   config.adversarial_training = adv
+  # Accuracy on gan_samples class-balanced samples of the AC-GAN in
+  # eval.gan_workdir, logged while training (experiments/study.py sets it).
+  config.eval = ml_collections.ConfigDict(dict(gan_workdir="",
+                                               gan_samples=1000))
   return config

@@ -442,3 +442,71 @@ def test_preempted_run_in_a_bucket_resumes_to_a_local_runs_params(
   assert out.returncode == 0, out.stderr[-3000:]
   assert out.stdout.splitlines() == [
       str(reference.predict(images).tolist()), "tensorflow imported: False"]
+
+
+@pytest.mark.slow
+def test_reports_gans_and_the_study_write_into_the_bucket(small_fashion_dir,
+                                                          gcs_dir):
+  """Everything a run writes lands in the bucket: a classifier and its
+  robustness report (the CLI, in a fresh process), an AC-GAN run, and the
+  study's small preset (shrunk), all reading the dataset from the bucket."""
+  from advjax import trainers  # pylint: disable=g-import-not-at-top
+  from tests.helpers import load_config  # pylint: disable=g-import-not-at-top
+  data_dir = fileio.join(gcs_dir, "tfds")
+  fileio.upload_tree(small_fashion_dir, data_dir)
+
+  classifier = fileio.join(gcs_dir, "classifier")
+  config = load_config("quickstart")
+  config.dataset.data_dir = data_dir
+  config.model.widths, config.model.hidden = (4, 8), 8
+  config.batch_size, config.eval_batch_size = 32, 200
+  config.num_train_steps, config.progress_bar = 4, False
+  trainers.run(config, classifier)
+  out = subprocess.run(
+      [sys.executable, "-m", "advjax.evaluate", "--mode=robustness",
+       f"--workdir={classifier}", "--num_examples=20", "--batch_size=10",
+       "--eps=0.1", "--attack.pgd.num_steps=1"], cwd=ROOT,
+      capture_output=True, text=True, timeout=300,
+      env={**os.environ, "PYTHONPATH": python_path()})
+  assert out.returncode == 0, out.stderr[-3000:]
+  report = fileio.join(classifier, "eval")
+  assert {"robustness.md", "robustness.json",
+          "robustness_eps0.1.png"} <= set(fileio.listdir(report))
+  assert json.loads(fileio.read_text(fileio.join(
+      report, "robustness.json")))["num_examples"] == 20
+
+  gan = fileio.join(gcs_dir, "gan")
+  config = load_config("quickstart_gan")
+  config.dataset.data_dir = data_dir
+  config.model.generator.width = config.model.discriminator.width = 4
+  config.model.latent_dim = 8
+  config.batch_size, config.num_train_steps, config.progress_bar = 16, 2, False
+  config.eval_every_steps = config.checkpoint.every_steps = 2
+  config.sample.num_columns = 2
+  trainers.run(config, gan)
+  assert any(name.startswith("samples_")
+             for name in fileio.listdir(fileio.join(gan, "images")))
+  assert inference.restore(gan).sample(3, n=2).shape == (2, 28, 28, 1)
+
+  spec = __import__("importlib.util").util.spec_from_file_location(
+      "study", os.path.join(ROOT, "experiments", "study.py"))
+  study = __import__("importlib.util").util.module_from_spec(spec)
+  spec.loader.exec_module(study)
+  settings = study.preset_settings(
+      "small", num_examples=20,
+      attack_settings={"pgd": {"num_steps": 1},
+                       "unrestricted": {"num_steps": 1}},
+      unrestricted={"num_samples": 4},
+      classifier_overrides=[f"dataset.data_dir={json.dumps(data_dir)}",
+                            "model.widths=[4]", "model.hidden=8",
+                            "batch_size=32", "eval_batch_size=200",
+                            "num_train_steps=2", "eval_every_steps=2",
+                            "progress_bar=false",
+                            "adversarial_training.unrestricted.num_steps=1",
+                            "eval.gan_samples=20"])
+  workdir = fileio.join(gcs_dir, "study")
+  study.run_study(workdir, gan_config="unused", classifier_config=os.path.join(
+      ROOT, "configs", "study_fashion_mnist.py"), modes=["none", "gan"],
+                  gan_workdir=gan, log=lambda line: None, **settings)
+  assert {"study.md", "study.csv", "accuracy_curves.png", "unrestricted_none.png",
+          "unrestricted_gan.png"} <= set(fileio.listdir(workdir))

@@ -66,6 +66,20 @@ def test_one_and_four_devices_give_the_same_loss_curve():
                                atol=1e-5)
 
 
+def test_one_and_four_devices_give_the_same_run_with_dropout_on():
+  # Each example's dropout mask comes from its global row, not its device.
+  config = _config()
+  config.model.dropout_rate = 0.5
+  batches = _batches(4)
+  losses1, state1, _ = _train(jax.devices()[:1], batches, config)
+  losses4, state4, _ = _train(jax.devices(), batches, config)
+  np.testing.assert_allclose(losses1, losses4, rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(state1.params),
+                  jax.tree.leaves(state4.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
+                               atol=1e-5)
+
+
 def test_non_finite_loss_freezes_state_and_names_the_step():
   batches = _batches(5)
   batches[2]["image"][0, 0, 0, 0] = np.nan

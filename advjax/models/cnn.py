@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from advjax.errors import UserError
+from advjax.example_rng import ExampleDropout
 from advjax.models.registry import register
 
 _he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -46,7 +47,8 @@ class SmallCNN(nn.Module):
     """Logits [B, num_classes] (float32), plus the hidden features if asked.
 
     `train` uses batch statistics (apply with mutable=['batch_stats']) and
-    enables dropout (rng collection 'dropout').
+    enables dropout (rng collection 'dropout'; each example's mask drawn
+    from its global index, `advjax.example_rng.ExampleDropout`).
     """
     x = x.astype(self.dtype)
     for i, width in enumerate(self.widths):
@@ -61,7 +63,8 @@ class SmallCNN(nn.Module):
     x = x.reshape((x.shape[0], -1))
     x = nn.Dense(self.hidden, dtype=self.dtype, name="hidden")(x)
     features = nn.relu(x)
-    x = nn.Dropout(self.dropout_rate, deterministic=not train)(features)
+    x = ExampleDropout(self.dropout_rate, deterministic=not train,
+                       axis_name=self.axis_name)(features)
     logits = nn.Dense(self.num_classes, dtype=self.dtype, name="logits")(x)
     logits = logits.astype(jnp.float32)
     if return_features:

@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from advjax.errors import UserError
+from advjax.example_rng import ExampleDropout
 from advjax.models.registry import register
 
 _he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -82,8 +83,9 @@ class DenseNet(nn.Module):
                              momentum=0.9, epsilon=1e-5,
                              axis_name=self.axis_name, dtype=self.dtype,
                              param_dtype=jnp.float32)
-    dropout = lambda y: nn.Dropout(self.dropout_rate,
-                                   deterministic=not train)(y)
+    dropout = lambda y: ExampleDropout(self.dropout_rate,
+                                       deterministic=not train,
+                                       axis_name=self.axis_name)(y)
     k = self.growth_rate
 
     x = x.astype(self.dtype)

@@ -34,8 +34,9 @@ import ml_collections
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from advjax import (adversarial_training, inference, input_pipeline, loop,
-                    losses, models, optimizers, parallel)
+from advjax import (adversarial_training, example_rng, inference,
+                    input_pipeline, loop, losses, models, optimizers,
+                    parallel)
 from advjax import settings as settings_lib
 from advjax.errors import UserError
 from advjax.parallel import AXIS
@@ -137,6 +138,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
   whole batch.
   """
   frozen = frozen or {}
+  # Dropout draws each example's mask from its global index (the same run on
+  # any number of devices); the adversaries draw per device.
+  step_rng = example_rng.step_key(rng, state.step)
   rng = parallel.device_rng(rng, state.step)
   images, labels = batch["image"], batch["label"]
   plan = settings.plan
@@ -164,7 +168,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
     variables = {"params": params, "batch_stats": state.batch_stats}
     logits, updates = state.apply_fn(
         variables, images, train=True, mutable=["batch_stats"],
-        rngs={"dropout": rng})
+        rngs={"dropout": step_rng})
     per_example = losses.cross_entropy(logits / settings.temperature,
                                        targets, settings.label_smoothing)
     if not active:

@@ -47,8 +47,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from advjax import (inference, input_pipeline, loop, losses, optimizers,
-                    parallel)
+from advjax import (example_rng, inference, input_pipeline, loop, losses,
+                    optimizers, parallel)
 from advjax import settings as settings_lib
 from advjax.errors import UserError
 from advjax.metric_writers import MetricWriter, image_grid
@@ -216,12 +216,27 @@ def noise_std(s: Settings, step: jax.Array) -> jax.Array:
       0.0, 1.0 - step.astype(jnp.float32) / s.instance_noise_anneal_steps)
 
 
+def example_keys(key: jax.Array, n: int) -> jax.Array:
+  """One key per example of this device's n, from its global row: the draws
+  of an example do not depend on how many devices share the batch."""
+  return example_rng.example_keys(key, n, AXIS)
+
+
+def sample_latents(key: jax.Array, n: int, dim: int) -> jax.Array:
+  """z ~ N(0, I) [n, dim], each example's from its own key."""
+  return example_rng.per_example(jax.random.normal, example_keys(key, n),
+                                 (dim,))
+
+
 def add_instance_noise(s: Settings, std: jax.Array, key: jax.Array,
                        x: jax.Array) -> jax.Array:
-  """x + std * N(0, I) (Sonderby et al. 2017); x itself when switched off."""
+  """x + std * N(0, I) (Sonderby et al. 2017), each example's noise from its
+  own key; x itself when switched off."""
   if not s.instance_noise:  # static: no noise, no draws
     return x
-  return x + std * jax.random.normal(key, x.shape, x.dtype)
+  noise = example_rng.per_example(jax.random.normal,
+                                  example_keys(key, x.shape[0]), x.shape[1:])
+  return x + std * noise.astype(x.dtype)
 
 
 def ema_decay_at(decay: float, step: jax.Array) -> jax.Array:
@@ -276,8 +291,9 @@ def critic_objective(s: Settings, state: GANState, d_params, d_state, d_hist,
   if s.gradient_penalty:
     critic = lambda x: state.players.discriminator.apply(
         {"params": d_params, **d_state}, x, labels, train=True)["score"]
-    gp, grad_norm = losses.gradient_penalty(critic, real, fake, k_gp,
-                                            return_norm=True)
+    gp, grad_norm = losses.gradient_penalty(
+        critic, real, fake, example_keys(k_gp, real.shape[0]),
+        return_norm=True)
     loss = loss + s.gradient_penalty * gp
     metrics.update(gradient_penalty=gp, critic_grad_norm=grad_norm)
   if "logits" in out_real and (s.aux_weight_real or s.aux_weight_fake):
@@ -339,7 +355,9 @@ def train_step(state: GANState, batch: dict[str, jax.Array], rng: jax.Array,
   s = settings
   k = s.critic_steps
   conditional = num_classes > 0
-  rng = parallel.device_rng(rng, state.step)
+  # The same key on every device; per-example draws fold in the example's
+  # global row (`example_keys`).
+  rng = example_rng.step_key(rng, state.step)
   std = noise_std(s, state.step)
   images = batch["image"].reshape(k, -1, *batch["image"].shape[1:])
   labels = batch["label"].reshape(k, -1)
@@ -350,7 +368,7 @@ def train_step(state: GANState, batch: dict[str, jax.Array], rng: jax.Array,
     real, y, key = xs
     kz, kgp, kn1, kn2 = jax.random.split(key, 4)
     y = y if conditional else None
-    z = gans.sample_latents(kz, n, latent_dim)
+    z = sample_latents(kz, n, latent_dim)
     fake, g_state = run_generator(state, state.g_params, g_state, z, y,
                                   train=True)
     fake = jax.lax.stop_gradient(fake)
@@ -378,8 +396,9 @@ def train_step(state: GANState, batch: dict[str, jax.Array], rng: jax.Array,
 
   # Generator update against the updated critic.
   kz, ky, kn = jax.random.split(jax.random.fold_in(rng, 1), 3)
-  z = gans.sample_latents(kz, n, latent_dim)
-  y_fake = (jax.random.randint(ky, (n,), 0, num_classes)
+  z = sample_latents(kz, n, latent_dim)
+  y_fake = (example_rng.per_example(jax.random.randint, example_keys(ky, n),
+                                    (), 0, num_classes)
             if conditional else None)
   grads, (g_metrics, g_state) = jax.grad(
       generator_objective, argnums=2, has_aux=True)(
