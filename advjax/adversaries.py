@@ -24,8 +24,9 @@ A craft function is `craft(settings, target, images, labels, rng)` with
 `target` a `Target` (the classifier's `logits_fn`, and the frozen GAN for
 entries registered with `uses_gan` or `uses_aux_classifier`); it returns a dict with 'image' (the
 crafted images, [B, H, W, C] in [-1, 1]) and optional extras: 'success'
-(bool [B], for attacks that know whether they fooled the classifier) and
-'latent' (the GAN's z). Craft functions are traced inside the compiled train
+(bool [B], for attacks that know whether they fooled the classifier),
+'latent' (the GAN's z) and 'signals' ({warning: bool [B]}, points a report
+should warn about, e.g. AutoAttack's signs of gradient masking). Craft functions are traced inside the compiled train
 step (entries with `trains=False`, like AutoAttack, run only in reports).
 Norm-bounded entries (`norm_bounded`, the default) have an `eps` setting and
 are evaluated at each eps of a report.
@@ -40,6 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from advjax import attacks
+from advjax import autoattack
 from advjax import settings as settings_lib
 from advjax.errors import UserError
 from advjax.models import gans
@@ -257,3 +259,35 @@ def _unrestricted(s: UnrestrictedSettings, target: Target, images, labels,
       langevin=s.langevin)
   return {"image": out["images"].astype(jnp.float32), "latent": z0,
           "success": out["success"]}
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoAttackSettings:
+  """AutoAttack (Croce & Hein 2020, `advjax.autoattack`): the cascade of
+  APGD-CE, APGD-T, FAB-T and Square ("standard", the RobustBench number) or
+  APGD-CE and APGD-T only ("fast", for CPU-bound studies; not comparable with
+  published AutoAttack numbers). Runs on the host between its compiled
+  pieces, so it evaluates but never trains."""
+  eps: float = 0.1
+  version: str = "standard"
+  norm: str = "linf"
+  batch_size: int = 500
+
+  def __post_init__(self):
+    settings_lib.check_nonnegative(self, "eps")
+    settings_lib.check_choice(self, "version", tuple(autoattack.VERSIONS))
+    settings_lib.check_choice(self, "norm", autoattack.NORMS)
+    settings_lib.check_positive(self, "batch_size")
+
+
+@register("autoattack", AutoAttackSettings, trains=False, label="AutoAttack")
+def _autoattack(s: AutoAttackSettings, target: Target, images, labels,
+                rng) -> Crafted:
+  result = autoattack.autoattack(
+      target.logits_fn, images, labels, s.eps, norm=s.norm,
+      version=s.version, rng=rng, batch_size=s.batch_size)
+  return {"image": jnp.asarray(result.images),
+          "success": jnp.asarray(~result.robust & result.clean_correct),
+          "signals": {
+              "zero input gradient": result.zero_gradient,
+              "broken only by Square (black-box)": result.black_box_only}}

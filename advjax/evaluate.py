@@ -61,11 +61,16 @@ def _default_attacks() -> list[str]:
 
 
 def _compiled_attack(entry: adversaries.Adversary, settings: Any,
-                     target: adversaries.Target) -> Callable[..., jax.Array]:
-  """(x, y, rng) -> adversarial images; jit-compiled where the entry can be
-  traced (AutoAttack-like entries run their own compiled pieces)."""
-  fn = lambda x, y, rng: entry.craft(settings, target, x, y, rng)["image"]
-  return jax.jit(fn) if entry.trains else fn
+                     target: adversaries.Target
+                     ) -> Callable[..., dict[str, Any]]:
+  """(x, y, rng) -> the entry's output dict ('image', maybe 'signals');
+  jit-compiled where the entry can be traced (AutoAttack-like entries run
+  their own compiled pieces on the host)."""
+  if not entry.trains:
+    return lambda x, y, rng: entry.craft(settings, target, x, y, rng)
+  fn = jax.jit(lambda x, y, rng: entry.craft(settings, target, x, y,
+                                             rng)["image"])
+  return lambda x, y, rng: {"image": fn(x, y, rng)}
 
 
 def robustness(classifier: inference.Classifier, *, eps_list: Sequence[float],
@@ -108,6 +113,7 @@ def robustness(classifier: inference.Classifier, *, eps_list: Sequence[float],
         substitute.logits_fn(), x, y, e))
   count, clean = 0, 0.0
   hits = {key: 0.0 for key in crafted}
+  signals: dict[tuple[float, str], dict[str, int]] = {}
   transfer = {e: 0.0 for e in eps_list}
   examples = {}
   key = jax.random.key(seed)
@@ -120,8 +126,12 @@ def robustness(classifier: inference.Classifier, *, eps_list: Sequence[float],
     for e in eps_list:
       shown = [np.asarray(x[:8])]
       for entry in entries:
-        x_adv = crafted[(e, entry.name)][1](x, y, jax.random.fold_in(key, b))
+        out = crafted[(e, entry.name)][1](x, y, jax.random.fold_in(key, b))
+        x_adv = out["image"]
         hits[(e, entry.name)] += n * _accuracy(classifier.predict, x_adv, y)
+        for what, flagged in out.get("signals", {}).items():
+          counts = signals.setdefault((e, entry.name), {})
+          counts[what] = counts.get(what, 0) + int(np.sum(flagged))
         shown.append(np.asarray(x_adv[:8]))
       if sub_fgsm is not None:
         transfer[e] += n * (1.0 - _accuracy(classifier.predict,
@@ -134,6 +144,10 @@ def robustness(classifier: inference.Classifier, *, eps_list: Sequence[float],
     row = {"eps": e}
     for entry in entries:
       row[f"{entry.name}_accuracy"] = hits[(e, entry.name)] / total
+      flagged = {k: v for k, v in signals.get((e, entry.name), {}).items()
+                 if v}
+      if flagged:
+        row.setdefault("signals", {})[entry.name] = flagged
     if substitute is not None:
       row["transfer_error"] = transfer[e] / total
     rows.append(row)
@@ -178,7 +192,35 @@ def robustness_markdown(result: dict[str, Any]) -> str:
     if has_transfer:
       line += f" {100 * r['transfer_error']:.2f}% |"
     lines.append(line)
+  warnings = [f"- eps {r['eps']:g}, {result['labels'][n]}: {count} of "
+              f"{result['num_examples']} points with {what}"
+              for r in result["rows"]
+              for n, flagged in r.get("signals", {}).items()
+              for what, count in flagged.items()]
+  warnings += [f"- {result['labels'][n]}: accuracy does not fall from eps "
+               f"{lo:g} to {hi:g} ({100 * a:.2f}% -> {100 * b:.2f}%)"
+               for n, lo, hi, a, b in flat_accuracy(result)]
+  if warnings:
+    lines += ["", "Signs of gradient masking (Croce & Hein 2020): the "
+              "gradient-based numbers above may overstate robustness on "
+              "these points.", *warnings]
   return "\n".join(lines) + "\n"
+
+
+def flat_accuracy(result: dict[str, Any]
+                  ) -> list[tuple[str, float, float, float, float]]:
+  """(attack, eps_lo, eps_hi, accuracy_lo, accuracy_hi) wherever an attack's
+  accuracy does not fall between consecutive eps > 0 while above zero: a
+  larger budget contains every example of the smaller one, so a working
+  attack does at least as well with it (Croce & Hein 2020 list flat curves
+  among the signs of gradient masking)."""
+  rows = sorted((r for r in result["rows"] if r["eps"] > 0),
+                key=lambda r: r["eps"])
+  return [(n, lo["eps"], hi["eps"], lo[f"{n}_accuracy"],
+           hi[f"{n}_accuracy"])
+          for n in result["attacks"] for lo, hi in zip(rows, rows[1:])
+          if lo[f"{n}_accuracy"] > 0
+          and hi[f"{n}_accuracy"] >= lo[f"{n}_accuracy"]]
 
 
 def unrestricted_config() -> ml_collections.ConfigDict:

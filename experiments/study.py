@@ -20,8 +20,13 @@ accuracy and robustness, compared with plain training?
    training, every mode) and `unrestricted_<mode>.png` (clean samples above,
    adversarial below).
 
+With `--seeds=N` every mode is trained and evaluated N times on the same GAN
+(seeds 0 .. N-1 added to the config's seed and the attacks' seeds); study.md
+shows mean ± standard deviation, study.csv one row per mode and seed.
+
 Layout: `<workdir>/acgan` (the GAN run), `<workdir>/classifiers/<mode>` (one
-classifier run per mode, with `study_eval.json`), the table and figures at the
+classifier run per mode, with `study_eval.json`; `<mode>.seed<s>` for the
+seeds after the first), the table and figures at the
 top. Each finished part leaves a `study_done.json` and is not redone when the
 command is rerun; an interrupted training run resumes from its checkpoint.
 Any config field can be changed for every classifier with
@@ -42,6 +47,7 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run as a script from a clone without installing
@@ -54,7 +60,7 @@ from advjax.errors import UserError  # pylint: disable=wrong-import-position
 from advjax.metric_writers import read_metrics  # pylint: disable=wrong-import-position
 
 DONE = "study_done.json"
-DEFAULT_ATTACKS = ("fgsm", "pgd")
+DEFAULT_ATTACKS = ("fgsm", "pgd", "autoattack")
 
 
 def study_modes() -> list[str]:
@@ -140,18 +146,21 @@ def evaluate_classifier(classifier_dir: str, gan_dir: str, *, eps: float,
                         attack_names: Sequence[str],
                         attack_settings: Mapping[str, Any],
                         num_examples: int,
-                        unrestricted: Mapping[str, Any]) -> dict[str, Any]:
-  """The study's numbers for one trained classifier."""
+                        unrestricted: Mapping[str, Any],
+                        seed: int = 0) -> dict[str, Any]:
+  """The study's numbers for one trained classifier; `seed` is added to the
+  attacks' seeds (random starts, the latent report's draws)."""
   classifier = inference.restore(classifier_dir, kind="classifier")
   gan = inference.restore(gan_dir, kind="gan")
   robust = evaluate.robustness(classifier, eps_list=[eps],
                                attack_names=attack_names,
                                attack_settings=attack_settings,
                                num_examples=num_examples,
-                               batch_size=min(250, max(num_examples, 1)))
-  latent = evaluate.unrestricted(classifier, gan,
-                                 attack_settings.get("unrestricted"),
-                                 unrestricted)
+                               batch_size=min(250, max(num_examples, 1)),
+                               seed=seed)
+  latent = evaluate.unrestricted(
+      classifier, gan, attack_settings.get("unrestricted"),
+      {**unrestricted, "seed": int(unrestricted.get("seed", 0)) + seed})
   grid = latent.pop("grid")
   row = robust["rows"][0]
   return {
@@ -174,12 +183,35 @@ def _format(value: Any, kind: str | None) -> str:
   return str(value)
 
 
+def summarize(rows: list[dict[str, Any]], keys: Sequence[str]
+              ) -> list[dict[str, Any]]:
+  """One row per mode (in first-seen order) from per-seed rows: for each key
+  the mean over seeds and the sample standard deviation (ddof 1; 0 for one
+  seed), as `key` and `key_std`, and the number of seeds."""
+  by_mode: dict[str, list[dict[str, Any]]] = {}
+  for r in rows:
+    by_mode.setdefault(r["mode"], []).append(r)
+  out = []
+  for mode, group in by_mode.items():
+    row: dict[str, Any] = {"mode": mode, "num_seeds": len(group)}
+    for k in keys:
+      values = np.array([float(r[k]) for r in group])
+      row[k] = float(values.mean())
+      row[f"{k}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    out.append(row)
+  return out
+
+
 def write_table(rows: list[dict[str, Any]], out_dir: str, *,
                 attack_names: Sequence[str], eps: float, num_examples: int,
                 attack_settings: Mapping[str, Any], unrestricted_steps: int,
                 command: str) -> str:
-  """study.md and study.csv from one result row per mode."""
+  """study.md (mean +/- std over seeds per mode) and study.csv (one row per
+  mode and seed) from the per-seed result rows."""
   cols = columns(attack_names)
+  keys = [k for k, _, kind in cols if kind]
+  seeds = sorted({int(r.get("seed", 0)) for r in rows})
+  summary = summarize(rows, keys)
   described = "; ".join(
       f"{adversaries.get(n).label}: " + ", ".join(
           f"{k} {v}" for k, v in attack_settings.get(n, {}).items())
@@ -193,19 +225,25 @@ def write_table(rows: list[dict[str, Any]], out_dir: str, *,
       + (f"; {described}" if described else "") + "); "
       f"accuracy on class-conditional AC-GAN samples and on unrestricted "
       f"adversarial examples ({unrestricted_steps} latent steps) made against "
-      f"each classifier.", "",
+      f"each classifier."
+      + (f" Mean ± standard deviation over {len(seeds)} seeds "
+         f"({', '.join(map(str, seeds))}) per mode; per-seed rows in "
+         f"study.csv." if len(seeds) > 1 else ""), "",
       header, "|" + " --- |" * len(cols)]
-  for r in rows:
-    lines.append("| " + " | ".join(_format(r[k], kind)
-                                   for k, _, kind in cols) + " |")
+  for r in summary:
+    lines.append("| " + " | ".join(
+        _format(r[k], kind) + (f" ± {_format(r[k + '_std'], kind)}"
+                               if kind and len(seeds) > 1 else "")
+        for k, _, kind in cols) + " |")
   lines += ["", f"Command: `{command}`", ""]
   markdown = "\n".join(lines)
   fileio.write_text(fileio.join(out_dir, "study.md"), markdown)
   table = io.StringIO(newline="")
   writer = csv.writer(table)
-  writer.writerow([k for k, _, _ in cols])
+  writer.writerow(["mode", "seed"] + [k for k, _, _ in cols[1:]])
   for r in rows:
-    writer.writerow([r[k] for k, _, _ in cols])
+    writer.writerow([r["mode"], r.get("seed", 0)]
+                    + [r[k] for k, _, _ in cols[1:]])
   fileio.write_text(fileio.join(out_dir, "study.csv"), table.getvalue())
   return markdown
 
@@ -245,15 +283,25 @@ def run_study(workdir: str, *, gan_config: str, classifier_config: str,
               attack_settings: Mapping[str, Any] | None = None,
               num_examples: int = 10000,
               unrestricted: Mapping[str, Any] | None = None,
+              seeds: int = 1,
               command: str = "", log: Callable[[str], None] = print
               ) -> list[dict[str, Any]]:
-  """Runs (or resumes) the whole study; returns one result row per mode.
+  """Runs (or resumes) the whole study; returns one result row per mode and
+  seed.
+
+  Each mode is trained and evaluated `seeds` times on the same GAN: seed s
+  adds s to the classifier config's `seed` (initialisation, batch order,
+  dropout, crafting) and to the evaluation's seeds, in
+  `classifiers/<mode>` for s = 0 and `classifiers/<mode>.seed<s>` after.
 
   `attack_settings[name]` overrides fields of adversary `name`'s
   evaluation settings ('unrestricted': the latent attack of the table);
   `unrestricted` holds the latent report's sample count, batch and seed.
   """
   from advjax.metric_writers import save_png  # pylint: disable=g-import-not-at-top
+  if not isinstance(seeds, int) or seeds < 1:
+    raise UserError(f"--seeds must be a positive number of seeds, got "
+                    f"{seeds!r}")
   modes = list(modes if modes is not None else study_modes())
   bad = [m for m in modes if m not in study_modes()]
   if bad:
@@ -275,31 +323,36 @@ def run_study(workdir: str, *, gan_config: str, classifier_config: str,
 
   rows, curves = [], {}
   for mode in modes:
-    mode_dir = fileio.join(workdir, "classifiers", mode)
-    config = config_utils.load(f"{classifier_config}:{mode}")
-    config.adversarial_training.gan_workdir = gan_dir
-    if "eval" not in config:
-      config.eval = ml_collections.ConfigDict()
-    config.eval.gan_workdir = gan_dir
-    apply_overrides(config, classifier_overrides)
-    done = _train(config, mode_dir, f"classifier '{mode}'", log)
-    results_path = fileio.join(mode_dir, "study_eval.json")
-    results = _read_json(results_path)
-    if results is not None:
-      log(f"classifier '{mode}': already evaluated")
-    else:
-      log(f"classifier '{mode}': evaluating ({', '.join(attack_names)}, GAN "
-          f"samples, {latent_steps}-step latent attack)")
-      results, grid = evaluate_classifier(
-          mode_dir, gan_dir, eps=eps, attack_names=attack_names,
-          attack_settings=attack_settings, num_examples=num_examples,
-          unrestricted=unrestricted or {})
-      save_png(grid, fileio.join(workdir, f"unrestricted_{mode}.png"))
-      _write_json(results_path, results)
-    rows.append({"mode": mode, "train_minutes": done["train_seconds"] / 60,
-                 **results})
-    curves[mode] = {k: _history(mode_dir, k) for k in
-                    ("eval/accuracy", "eval/gan_sample_accuracy")}
+    for seed in range(seeds):
+      name = mode if seed == 0 else f"{mode}.seed{seed}"
+      what = f"classifier '{mode}'" + (f" (seed {seed})" if seeds > 1 else "")
+      mode_dir = fileio.join(workdir, "classifiers", name)
+      config = config_utils.load(f"{classifier_config}:{mode}")
+      config.adversarial_training.gan_workdir = gan_dir
+      if "eval" not in config:
+        config.eval = ml_collections.ConfigDict()
+      config.eval.gan_workdir = gan_dir
+      apply_overrides(config, classifier_overrides)
+      config.seed = int(config.seed) + seed
+      done = _train(config, mode_dir, what, log)
+      results_path = fileio.join(mode_dir, "study_eval.json")
+      results = _read_json(results_path)
+      if results is not None:
+        log(f"{what}: already evaluated")
+      else:
+        log(f"{what}: evaluating ({', '.join(attack_names)}, GAN samples, "
+            f"{latent_steps}-step latent attack)")
+        results, grid = evaluate_classifier(
+            mode_dir, gan_dir, eps=eps, attack_names=attack_names,
+            attack_settings=attack_settings, num_examples=num_examples,
+            unrestricted=unrestricted or {}, seed=seed)
+        save_png(grid, fileio.join(workdir, f"unrestricted_{name}.png"))
+        _write_json(results_path, results)
+      rows.append({"mode": mode, "seed": seed,
+                   "train_minutes": done["train_seconds"] / 60, **results})
+      if seed == 0:
+        curves[mode] = {k: _history(mode_dir, k) for k in
+                        ("eval/accuracy", "eval/gan_sample_accuracy")}
   num = rows[0]["num_examples"] if rows else 0
   markdown = write_table(
       rows, workdir, attack_names=attack_names, eps=eps, num_examples=num,
@@ -318,7 +371,11 @@ PRESETS = {
         gan_overrides=["num_epochs=1.0", "eval_every_steps=1000"],
         classifier_overrides=["num_epochs=0.5", "eval_every_steps=25"],
         num_examples=1000,
-        attack_settings={"unrestricted": {"num_steps": 100}},
+        # AutoAttack's "fast" version (APGD-CE + APGD-T): the standard one's
+        # FAB-T and 5000-query Square on every robust point would take
+        # hours here. The table names the version.
+        attack_settings={"unrestricted": {"num_steps": 100},
+                         "autoattack": {"version": "fast"}},
         unrestricted=dict(num_samples=128)),
 }
 
@@ -375,6 +432,8 @@ def _define_flags():
       "attack", evaluate.attack_flags(),
       "Settings of each adversary, --attack.<name>.<field>.")
   flags.DEFINE_integer("num_examples", 10000, "Test images to evaluate.")
+  flags.DEFINE_integer("seeds", 1, "Classifiers per mode (seeds 0 .. N-1); "
+                       "the table shows mean +/- std.")
   cli.define_config_dict(
       "unrestricted", evaluate.unrestricted_config(),
       "The latent report's samples: --unrestricted.num_samples, ...")
@@ -410,7 +469,7 @@ def _main(argv):
   run_study(f.workdir, gan_config=f.gan_config,
             classifier_config=f.classifier_config, modes=f.modes,
             gan_workdir=f.gan_workdir, eps=f.eps, attack_names=f.attacks,
-            command=command, **settings)
+            seeds=f.seeds, command=command, **settings)
 
 
 if __name__ == "__main__":

@@ -62,7 +62,8 @@ def test_reports_write_markdown_json_and_images(runs, tmp_path):
   out = str(tmp_path / "report")
   with tfds.testing.mock_data(num_examples=48):
     evaluate.report("robustness", classifier_dir, out, eps=(0.1,),
-                    num_examples=20, batch_size=10)
+                    num_examples=20, batch_size=10,
+                    attack_settings={"autoattack": {"version": "fast"}})
     markdown = evaluate.report("gan", gan_dir, out,
                                classifier_workdir=classifier_dir,
                                samples_per_class=3, inception=False)
@@ -209,3 +210,46 @@ def test_patch_report_trains_on_train_images_and_counts_other_classes(
   assert data["num_evaluated"] == int(np.sum(labels != 3))
   assert 0.0 <= data["success_rate"] <= 1.0
   assert "Adversarial patch" in markdown and "patch.png" in os.listdir(out)
+
+
+def test_autoattack_column_is_at_most_pgd_and_fgsm_on_the_same_points(runs):
+  classifier_dir, _ = runs
+  with tfds.testing.mock_data(num_examples=48):
+    restored = inference.restore(classifier_dir)
+    result = evaluate.robustness(
+        restored, eps_list=[0.05, 0.3],
+        attack_names=["fgsm", "pgd", "autoattack"],
+        attack_settings={"autoattack": {"version": "fast"}},
+        num_examples=32, batch_size=16)
+  assert result["settings"]["autoattack"]["version"] == "fast"
+  for row in result["rows"]:
+    assert row["autoattack_accuracy"] <= row["pgd_accuracy"]
+    assert row["pgd_accuracy"] <= row["fgsm_accuracy"]
+  assert "AutoAttack accuracy" in evaluate.robustness_markdown(result)
+
+
+def test_report_warns_about_zero_gradients_and_flat_accuracy():
+  import jax
+  import jax.numpy as jnp
+  from advjax import adversaries
+  # A classifier of rounded pixels: its input gradient is exactly zero.
+  weights = jax.random.normal(jax.random.key(0), (4 * 4, 5))
+  logits_fn = lambda x: jnp.round(x).reshape(len(x), -1) @ weights
+  x = jax.random.uniform(jax.random.key(1), (8, 4, 4, 1), minval=-1, maxval=1)
+  y = jnp.argmax(logits_fn(x), -1)
+  entry = adversaries.get("autoattack")
+  out = entry.craft(entry.evaluation_settings({"version": "fast"}, eps=0.05),
+                    adversaries.Target(logits_fn), x, y, jax.random.key(2))
+  assert out["signals"]["zero input gradient"].all()
+  result = {"clean_accuracy": 1.0, "num_examples": 8,
+            "attacks": ["autoattack"], "labels": {"autoattack": "AutoAttack"},
+            "settings": {},
+            "rows": [{"eps": 0.05, "autoattack_accuracy": 0.5,
+                      "signals": {"autoattack": {"zero input gradient": 8}}},
+                     {"eps": 0.1, "autoattack_accuracy": 0.5}]}
+  table = evaluate.robustness_markdown(result)
+  assert "- eps 0.05, AutoAttack: 8 of 8 points with zero input gradient" in table
+  assert "AutoAttack: accuracy does not fall from eps 0.05 to 0.1" in table
+  result["rows"][1]["autoattack_accuracy"] = 0.25
+  del result["rows"][0]["signals"]
+  assert "gradient masking" not in evaluate.robustness_markdown(result)

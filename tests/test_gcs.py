@@ -465,7 +465,8 @@ def test_reports_gans_and_the_study_write_into_the_bucket(small_fashion_dir,
   out = subprocess.run(
       [sys.executable, "-m", "advjax.evaluate", "--mode=robustness",
        f"--workdir={classifier}", "--num_examples=20", "--batch_size=10",
-       "--eps=0.1", "--attack.pgd.num_steps=1"], cwd=ROOT,
+       "--eps=0.1", "--attacks=fgsm,pgd", "--attack.pgd.num_steps=1"],
+      cwd=ROOT,
       capture_output=True, text=True, timeout=300,
       env={**os.environ, "PYTHONPATH": python_path()})
   assert out.returncode == 0, out.stderr[-3000:]

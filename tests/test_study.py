@@ -31,15 +31,16 @@ def _study():
   return module
 
 
-def _run(study, workdir, logs):
+def _run(study, workdir, logs, **kwargs):
   with tfds.testing.mock_data(num_examples=32):
     return study.run_study(
         workdir, gan_config=os.path.join(ROOT, "configs", "quickstart_gan.py"),
         classifier_config=os.path.join(ROOT, "configs",
                                        "study_fashion_mnist.py"),
-        modes=MODES, gan_overrides=GAN_OVERRIDES,
+        **{"modes": MODES, **kwargs}, gan_overrides=GAN_OVERRIDES,
         classifier_overrides=CLASSIFIER_OVERRIDES, eps=0.1,
         attack_settings={"pgd": {"num_steps": 1},
+                         "autoattack": {"version": "fast"},
                          "unrestricted": {"num_steps": 2}},
         num_examples=20, unrestricted={"num_samples": 6}, command="test",
         log=logs.append)
@@ -73,6 +74,39 @@ def test_study_writes_table_csv_and_figures_for_every_mode(first_run):
     # Success needs the classifier fooled: it bounds accuracy from above.
     assert r["unrestricted_success"] <= 1 - r["unrestricted_accuracy"] + 1e-9
   assert len(_csv(os.path.join(workdir, "study.csv"))) == len(MODES)
+  assert "AutoAttack accuracy" in table and "version fast" in table
+  for r in rows:
+    assert r["autoattack_accuracy"] <= r["pgd_accuracy"]
+
+
+def test_seeds_give_one_csv_row_each_and_mean_and_std_in_the_table(
+    first_run, tmp_path):
+  study, workdir, rows, _ = first_run
+  logs = []
+  seeded = _run(study, str(tmp_path), logs, modes=("none", "fgsm"), seeds=2,
+                gan_workdir=os.path.join(workdir, "acgan"))
+  assert [(r["mode"], r["seed"]) for r in seeded] == [
+      ("none", 0), ("none", 1), ("fgsm", 0), ("fgsm", 1)]
+  assert {"none", "none.seed1", "fgsm", "fgsm.seed1"} <= set(
+      os.listdir(tmp_path / "classifiers"))
+  # Seed 0 is the single-seed run; seed 1 is another classifier.
+  first = {r["mode"]: r for r in rows}
+  assert seeded[0]["clean_accuracy"] == first["none"]["clean_accuracy"]
+  csv_rows = _csv(tmp_path / "study.csv")
+  assert [(r["mode"], r["seed"]) for r in csv_rows] == [
+      ("none", "0"), ("none", "1"), ("fgsm", "0"), ("fgsm", "1")]
+  table = (tmp_path / "study.md").read_text()
+  assert "over 2 seeds (0, 1)" in table
+  (mean,) = study.summarize(seeded[:2], ["clean_accuracy"])
+  values = [r["clean_accuracy"] for r in seeded[:2]]
+  assert mean["clean_accuracy"] == pytest.approx(sum(values) / 2)
+  assert mean["clean_accuracy_std"] == pytest.approx(
+      abs(values[0] - values[1]) / 2 ** 0.5)
+  assert (f"| none | {100 * mean['clean_accuracy']:.2f}% ± "
+          f"{100 * mean['clean_accuracy_std']:.2f}% |") in table
+  with pytest.raises(UserError, match="--seeds must be a positive number"):
+    study.run_study(str(tmp_path), gan_config="x", classifier_config="y",
+                    seeds=0)
 
 
 def test_classifiers_log_accuracy_on_gan_samples_during_training(first_run):
