@@ -117,10 +117,15 @@ def robustness(classifier: inference.Classifier, *, eps_list: Sequence[float],
   transfer = {e: 0.0 for e in eps_list}
   examples = {}
   key = jax.random.key(seed)
+  from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+  # On a terminal only (disable=None): images attacked so far.
+  bar = tqdm(desc="robustness", unit="img", disable=None,
+             total=num_examples if num_examples > 0 else None)
   for b, (images, labels) in enumerate(eval_data(classifier, num_examples,
                                                  batch_size)):
     x, y = jnp.asarray(images), jnp.asarray(labels)
     n = len(labels)
+    bar.update(n)
     count += n
     clean += n * _accuracy(classifier.predict, x, y)
     for e in eps_list:
@@ -138,6 +143,7 @@ def robustness(classifier: inference.Classifier, *, eps_list: Sequence[float],
                                              sub_fgsm(x, y, e), y))
       if b == 0:
         examples[e] = shown
+  bar.close()
   total = max(count, 1)
   rows = []
   for e in eps_list:
