@@ -28,9 +28,12 @@ examples (batches are shuffled, so this is a random subset). The adversaries
 run with BatchNorm in inference mode (running statistics, no update) and no
 gradient reaches the parameters through them. Every crafted example is used,
 whether or not it fools the model; for adversaries that report success
-(unrestricted) the logged `attack_success_rate` says how many did. The frozen
-GAN's variables are inputs of the compiled step (`frozen['gan']`), never part
-of the train state or its checkpoints.
+(unrestricted) the logged `attack_success_rate` says how many did. The
+logged `accuracy` (= `clean_accuracy`) is that of the batch's clean part;
+with prop 1 and `replace` (no clean part, the loss is CE_aug) it is the
+current model's accuracy, in inference mode, on the real images the crafted
+ones replaced. The frozen GAN's variables are inputs of the compiled step
+(`frozen['gan']`), never part of the train state or its checkpoints.
 """
 
 from __future__ import annotations
@@ -103,10 +106,12 @@ class Plan:
     return batch_size
 
   def target(self, logits_fn: Callable[[jax.Array], jax.Array],
-             gan_variables: Any) -> adversaries.Target:
-    """The adversary's target: the classifier, and the frozen GAN."""
+             gan_variables: Any, axis_name: str | None = None
+             ) -> adversaries.Target:
+    """The adversary's target: the classifier, the frozen GAN, and the
+    device axis (`axis_name`) of the data-parallel step it runs in."""
     if not self.adversary.uses_gan:
-      return adversaries.Target(logits_fn)
+      return adversaries.Target(logits_fn, axis_name=axis_name)
     gen, g_vars = self.generator, gan_variables["generator"]
     aux = None
     if self.discriminator is not None:
@@ -114,7 +119,7 @@ class Plan:
       aux = lambda x: disc.apply(d_vars, x, None, train=False)["logits"]
     return adversaries.Target(logits_fn, adversaries.FrozenGAN(
         generate=lambda z, y: gen.apply(g_vars, z, y, train=False),
-        aux_logits=aux, latent_dim=self.latent_dim))
+        aux_logits=aux, latent_dim=self.latent_dim), axis_name=axis_name)
 
 
 def read(config: ml_collections.ConfigDict, num_classes: int,
@@ -217,12 +222,16 @@ def split_losses(per_example: jax.Array, logits: jax.Array,
   """The weighted loss and the clean/crafted metrics of one device.
 
   `per_example` is the cross-entropy of each example, clean ones first.
+  Without clean examples (prop 1 with `replace`) the loss is CE_aug and the
+  metrics have no clean part.
   """
   correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-  ce_clean = per_example[:num_clean].mean()
   ce_aug = per_example[num_clean:].mean()
+  metrics = {"aug_loss": ce_aug, "aug_accuracy": correct[num_clean:].mean()}
+  if num_clean == 0:
+    return ce_aug, metrics
+  ce_clean = per_example[:num_clean].mean()
   loss = weighted_loss(ce_clean, ce_aug, num_clean, num_aug, adv_weight)
-  metrics = {"clean_loss": ce_clean,
-             "clean_accuracy": correct[:num_clean].mean(),
-             "aug_loss": ce_aug, "aug_accuracy": correct[num_clean:].mean()}
+  metrics.update(clean_loss=ce_clean,
+                 clean_accuracy=correct[:num_clean].mean())
   return loss, metrics

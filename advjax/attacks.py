@@ -326,19 +326,28 @@ _LANGEVIN_GAMMA = 0.55
 
 
 def _unrestricted_core(generate_fn, aux_logits_fn, logits_fn, optimizer,
-                       num_steps, langevin, use_noise, z0, source, target, rng,
-                       hparams):
+                       num_steps, langevin, use_noise, axis_name, z0, source,
+                       target, rng, hparams):
   """The latent search of `unrestricted_attack` (inputs already validated)."""
   lr, eps_z, lambda_z, lambda_aux, noise_eps = hparams
   z0 = z0.astype(jnp.float32)
+  batch = z0.shape[0]
+  # The objective is a mean over the batch; with `axis_name`, over the global
+  # batch of every device, so an example's step does not depend on how many
+  # devices share the batch.
+  global_batch = batch if axis_name is None else (
+      batch * jax.lax.psum(1, axis_name))
 
   def forward(params):
-    """Per-example loss [B], images and success of the current iterate."""
-    images = generate_fn(params['z'], source)
+    """Per-example loss [B], images, G(z, y_s) and success of an iterate."""
+    generated = generate_fn(params['z'], source)
+    images = generated
     if use_noise:
-      images = jnp.clip(images + noise_eps * jnp.tanh(params['tau']), -1., 1.)
+      images = jnp.clip(generated + noise_eps * jnp.tanh(params['tau']), -1.,
+                        1.)
     logits = logits_fn(images)
-    aux_logits = aux_logits_fn(images)
+    # The auxiliary classifier judges G(z, y_s) before the pixel noise.
+    aux_logits = aux_logits_fn(generated)
     pred = jnp.argmax(logits, axis=-1)
     if target is None:
       # min_{k != y_s} CE(f(x), k) = -max_{k != y_s} log softmax(f(x))_k.
@@ -355,19 +364,17 @@ def _unrestricted_core(generate_fn, aux_logits_fn, logits_fn, optimizer,
     aux_loss = _per_example_ce(aux_logits, source)
     loss = loss0 + lambda_z * z_penalty + lambda_aux * aux_loss
     success = fooled & (jnp.argmax(aux_logits, axis=-1) == source)
-    return loss, images, success
+    return loss, images, generated, success
 
-  def summed_loss(params):
-    # A sum over the batch: each example's gradient is its own.
-    loss, images, success = forward(params)
-    return jnp.sum(loss), success
+  def mean_loss(params):
+    loss, _, _, success = forward(params)
+    return jnp.sum(loss) / global_batch, success
 
   params = {'z': z0}
   if use_noise:
     image_shape = jax.eval_shape(generate_fn, z0, source).shape
     params['tau'] = jnp.zeros(image_shape, jnp.float32)
   opt_state = optimizer.init(params) if optimizer is not None else None
-  batch = z0.shape[0]
   done = jnp.zeros((batch,), bool)
   first = jnp.full((batch,), -1, jnp.int32)
 
@@ -379,13 +386,17 @@ def _unrestricted_core(generate_fn, aux_logits_fn, logits_fn, optimizer,
 
   def step(carry, t):
     params, opt_state, done, first = carry
-    grads, success = jax.grad(summed_loss, has_aux=True)(params)
+    grads, success = jax.grad(mean_loss, has_aux=True)(params)
     first = jnp.where(success & ~done, t, first)
     done = done | success
     if langevin:
       std = jnp.sqrt(_LANGEVIN_ETA / (1. + t) ** _LANGEVIN_GAMMA)
       noise = jax.random.normal(jax.random.fold_in(rng, t), z0.shape)
       grads = dict(grads, z=grads['z'] + std * noise)
+    if use_noise:
+      # tau descends its per-example unit gradient direction.
+      grads = dict(grads, tau=grads['tau'] / jnp.maximum(
+          _per_example_l2(grads['tau']), 1e-12))
     if optimizer is None:
       new_params = jax.tree.map(lambda p, g: p - lr * g, params, grads)
     else:
@@ -397,10 +408,11 @@ def _unrestricted_core(generate_fn, aux_logits_fn, logits_fn, optimizer,
       step, (params, opt_state, done, first),
       jnp.arange(num_steps, dtype=jnp.int32))
   # The last iterate is checked too, so `success` describes the returned image.
-  loss, images, success = forward(params)
+  loss, images, generated, success = forward(params)
   first = jnp.where(success & ~done, num_steps, first)
   return {
       'images': images,
+      'generated': generated,
       'z': params['z'],
       'success': done | success,
       'first_success': first,
@@ -414,36 +426,45 @@ def unrestricted_attack(generate_fn: Callable[[jax.Array, jax.Array],
                                               jax.Array],
                         aux_logits_fn: LogitsFn, logits_fn: LogitsFn, z0,
                         source_labels, rng, *, target_labels=None,
-                        num_steps: int = 500, learning_rate=0.1, eps_z=0.1,
+                        num_steps: int = 500, learning_rate=4.0, eps_z=0.1,
                         lambda_z=0.1, lambda_aux=0.1, noise_eps=0.0,
                         langevin: bool = True,
-                        optimizer: Optional[optax.GradientTransformation] = None
-                        ) -> dict[str, Any]:
+                        optimizer: Optional[optax.GradientTransformation] = None,
+                        axis_name: Optional[str] = None) -> dict[str, Any]:
   """Unrestricted adversarial examples from an AC-GAN (Song et al. 2018).
 
   Searches the latent space near z0 for x = G(z, y_s) that the classifier f
   gets wrong while the GAN's auxiliary classifier C still says y_s, by
-  minimising per example
+  minimising the batch objective of Song et al.'s code
 
-    L(z) = L0 + lambda_z * mean_d max((z_d - z0_d)^2 - eps_z^2, 0)
-              + lambda_aux * CE(C(x), y_s)
+    L(z) = mean_b L0_b + lambda_z * mean_{b,d} max((z_bd - z0_bd)^2 - eps_z^2, 0)
+           + lambda_aux * mean_b CE(C(G(z_b, y_s)), y_s)
 
   with L0 = CE(f(x), y_t) (targeted) or min_{k != y_s} CE(f(x), k)
-  (untargeted). With noise_eps > 0, x = clip(G(z, y_s) + noise_eps *
-  tanh(tau), -1, 1) and tau (init 0) is optimised with z.
+  (untargeted). Being a mean, L moves each example by its own gradient g_b
+  divided by the batch size B. With `axis_name` (inside a data-parallel
+  step, e.g. shard_map) the means run over the global batch of every device
+  on that axis (B = local batch x number of devices), so an example's step
+  does not depend on how the batch is split.
 
-  Optimiser: gradient descent z <- z - learning_rate * (g + n_t) or, if given,
-  the optax `optimizer` on (g + n_t) (learning_rate unused). With langevin,
-  n_t ~ N(0, 0.01 / (1 + t)^0.55) is decaying Gaussian noise added to the
-  latent gradient at iteration t (as in Song et al.'s code); n_t = 0 otherwise.
-  The per-example losses are summed before `jax.grad`, so each example moves
-  by its own gradient; the loop is one `lax.scan` and the whole search is
+  Optimiser: gradient descent z <- z - learning_rate * (grad_z L + n_t) or,
+  if given, the optax `optimizer` on (grad_z L + n_t) (learning_rate unused).
+  With langevin, n_t ~ N(0, 0.01 / (1 + t)^0.55) is decaying Gaussian noise
+  added to the latent gradient at iteration t (as in Song et al.'s code);
+  n_t = 0 otherwise. The loop is one `lax.scan` and the whole search is
   jit-compiled (the callables are static: reuse the same closures and
   optimizer to reuse the compiled program).
 
-  Success of x: argmax f(x) != y_s (== y_t if targeted) and argmax C(x) == y_s.
-  It is checked at every iterate z_0 .. z_num_steps; an example that succeeds
-  is frozen there, so its returned image is the one of its first success.
+  Pixel noise (noise_eps > 0, Song et al.'s "noise-augmented" attack): f sees
+  x = clip(G(z, y_s) + noise_eps * tanh(tau), -1, 1), tau (init 0) is
+  optimised with z along its per-example unit gradient grad_tau L /
+  ||grad_tau L||_2 (norm over H, W, C; no Langevin noise), and C still
+  judges G(z, y_s) before the noise.
+
+  Success of x: argmax f(x) != y_s (== y_t if targeted) and
+  argmax C(G(z, y_s)) == y_s. It is checked at every iterate z_0 ..
+  z_num_steps; an example that succeeds is frozen there, so its returned
+  image is the one of its first success.
 
   Args:
     generate_fn: (z [B, D], labels [B]) -> images [B, H, W, C] in [-1, 1].
@@ -453,13 +474,16 @@ def unrestricted_attack(generate_fn: Callable[[jax.Array, jax.Array],
     source_labels: y_s, int [B], the class the images are generated from.
     rng: PRNG key for the Langevin noise (may be None if langevin=False).
     target_labels: y_t, int [B], for a targeted attack; None: untargeted.
+    axis_name: a mapped axis (e.g. shard_map's) whose devices share the
+      batch; None: the batch of this call is the whole batch.
 
   Returns:
-    dict with 'images' [B, H, W, C], 'z' [B, D], 'success' bool [B] (the
-    returned image satisfies the criterion), 'first_success' int [B] (the
-    iterate index in [0, num_steps] of the first success, -1 if none), 'loss'
-    (per-example L at the returned z, [B]), 'source_labels', 'target_labels'
-    (None if untargeted).
+    dict with 'images' [B, H, W, C] (what f sees), 'generated' (G(z, y_s),
+    what C sees; 'images' without pixel noise), 'z' [B, D], 'success' bool
+    [B] (the returned image satisfies the criterion), 'first_success' int
+    [B] (the iterate index in [0, num_steps] of the first success, -1 if
+    none), 'loss' (each example's term of L at the returned z, [B]),
+    'source_labels', 'target_labels' (None if untargeted).
   """
   z_shape = jnp.shape(z0)
   if len(z_shape) != 2:
@@ -520,10 +544,10 @@ def unrestricted_attack(generate_fn: Callable[[jax.Array, jax.Array],
   source = jnp.asarray(source_labels, jnp.int32)
   target = (None if target_labels is None
             else jnp.asarray(target_labels, jnp.int32))
-  return _maybe_jit(_unrestricted_core, (0, 1, 2, 3, 4, 5, 6), generate_fn,
+  return _maybe_jit(_unrestricted_core, (0, 1, 2, 3, 4, 5, 6, 7), generate_fn,
                     aux_logits_fn, logits_fn, optimizer, int(num_steps),
-                    bool(langevin), use_noise, z0, source, target, rng,
-                    hparams)
+                    bool(langevin), use_noise, axis_name, z0, source, target,
+                    rng, hparams)
 
 
 # --- adversarial patch (Brown et al. 2017) -----------------------------------

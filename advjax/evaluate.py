@@ -6,7 +6,8 @@
       [--attack.unrestricted.num_steps=500 --unrestricted_samples=256 ...] \
       [--patch.size=8 --patch.target=0 ...]
   python -m advjax.evaluate --mode=gan --workdir=GAN_DIR \
-      [--classifier_workdir=DIR] [--fid_weights=PATH]
+      [--classifier_workdir=DIR] [--fid_weights=PATH] \
+      [--num_samples=50000] [--num_real=0]
 
 The robustness report evaluates every norm-bounded adversary of
 `advjax.adversaries` named in `--attacks` at every eps (settings
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import jax
@@ -34,11 +36,13 @@ from advjax.metric_writers import image_grid, save_png
 
 
 def eval_data(restored: inference.Run, num_examples: int,
-              batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """(images, labels) batches of the run's test split, first `num_examples`."""
+              batch_size: int, split: str | None = None
+              ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """(images, labels) batches of the run's test split (or `split`), first
+  `num_examples` (all if <= 0), in order."""
   config = restored.config
   info = input_pipeline.get_dataset_info(config.dataset.name)
-  source = input_pipeline.get_source(info.name, info.eval_split,
+  source = input_pipeline.get_source(info.name, split or info.eval_split,
                                      config.dataset.get("data_dir") or None)
   n = len(source) if num_examples <= 0 else min(num_examples, len(source))
   for batch in input_pipeline.eval_batches(source, global_batch_size=batch_size,
@@ -232,8 +236,9 @@ def flat_accuracy(result: dict[str, Any]
 def unrestricted_config() -> ml_collections.ConfigDict:
   """The unrestricted report's own settings (the latent attack's are the
   'unrestricted' adversary's, `--attack.unrestricted.*`): how many samples,
-  in batches of how many, drawn with which seed."""
-  return ml_collections.ConfigDict(dict(num_samples=256, batch_size=256,
+  in batches of how many (64, as Song et al.'s code: the attack's objective
+  is a batch mean), drawn with which seed."""
+  return ml_collections.ConfigDict(dict(num_samples=256, batch_size=64,
                                         seed=0))
 
 
@@ -300,7 +305,8 @@ def unrestricted(classifier: inference.Classifier, gan: inference.GAN,
         "clean_pred": np.asarray(jnp.argmax(logits_fn(clean), -1)),
         "adv_pred": np.asarray(jnp.argmax(logits_fn(out["images"]), -1)),
         "clean_aux": np.asarray(jnp.argmax(aux_logits_fn(clean), -1)),
-        "adv_aux": np.asarray(jnp.argmax(aux_logits_fn(out["images"]), -1)),
+        "adv_aux": np.asarray(jnp.argmax(aux_logits_fn(out["generated"]),
+                                         -1)),
         "success": np.asarray(out["success"]),
         "first": np.asarray(out["first_success"]),
         "dz": np.asarray(jnp.sqrt(jnp.mean(jnp.square(out["z"] - z0), -1))),
@@ -445,29 +451,58 @@ def _example_images(examples) -> dict[str, np.ndarray]:
 
 def gan_metrics(gan: inference.GAN,
                 classifier: inference.Classifier | None = None, *,
-                samples_per_class: int = 100, num_real: int = 2000,
+                num_samples: int = 50_000, num_real: int = 0,
                 fid_weights: str | None = None, inception: bool = True,
-                seed: int = 0, batch_size: int = 250) -> dict[str, Any]:
+                seed: int = 0, batch_size: int = 250,
+                cache_dir: str | None = None) -> dict[str, Any]:
   """Sample-quality numbers of a GAN checkpoint.
 
   - classifier accuracy on class-conditional samples (how often `classifier`
     gives the conditioning class; the study reports 89% for its DenseNet);
-  - classifier FID: FID in the feature space of `classifier` between test
-    images and samples (offline; not comparable with Inception FID);
+  - classifier FID: FID in the feature space of `classifier` between
+    training images and samples (offline; not comparable with Inception
+    FID);
   - Inception FID and Inception Score with pytorch-fid's weights, when they
     can be found (else the reason is reported).
+
+  The standard protocol by default: `num_samples` = 50,000 class-balanced
+  samples (FID, Heusel et al. 2017, and IS in 10 splits, Salimans et al.
+  2016) against the whole training split (`num_real` <= 0; else its first
+  `num_real` images). The counts used are in the result; below the standard
+  sizes it holds a one-line `warning` (numbers not comparable with papers),
+  also emitted as a RuntimeWarning. The training images' Inception
+  statistics are cached in `cache_dir` (default ~/.cache/advjax/fid_stats)
+  by dataset, split, count and weights file.
   """
-  from advjax import fid  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
+  from advjax import fid, inception as inception_lib
+  info = input_pipeline.get_dataset_info(gan.config.dataset.name)
+  available = len(input_pipeline.get_source(
+      info.name, info.train_split, gan.config.dataset.get("data_dir") or None))
+  n_real = available if num_real <= 0 else min(num_real, available)
+  if num_samples < 2 or n_real < 2:
+    raise UserError(f"FID needs at least 2 samples and 2 real images, got "
+                    f"{num_samples} and {n_real}")
   num_classes = gan.num_classes
   classes = max(num_classes, 1)
-  labels = np.repeat(np.arange(classes), samples_per_class).astype(np.int32)
+  labels = (np.arange(num_samples) % classes).astype(np.int32)
   z = jax.random.normal(jax.random.key(seed), (len(labels), gan.latent_dim))
   fakes = np.concatenate([
       np.asarray(gan.generate(z[i:i + batch_size],
                               labels[i:i + batch_size] if num_classes
                               else None))
       for i in range(0, len(labels), batch_size)])
-  result: dict[str, Any] = {"num_samples": int(len(fakes))}
+  result: dict[str, Any] = {"num_samples": int(len(fakes)),
+                            "num_real": int(n_real),
+                            "real_split": info.train_split}
+  reals = []  # loaded once, when first needed
+
+  def real_images() -> np.ndarray:
+    if not reals:
+      reals.append(np.concatenate([x for x, _ in eval_data(
+          gan, n_real, batch_size, split=info.train_split)]))
+    return reals[0]
+
   if classifier is not None:
     if classifier.config.dataset.name != gan.config.dataset.name:
       raise UserError(f"the classifier was trained on "
@@ -478,55 +513,62 @@ def gan_metrics(gan: inference.GAN,
     if num_classes:
       result["classifier_accuracy_on_samples"] = float(np.mean(preds ==
                                                                labels))
-    reals = np.concatenate([x for x, _ in eval_data(classifier, num_real,
-                                                    batch_size)])
     extractor = fid.FeatureExtractor(classifier.features_fn(),
                                      classifier.variables,
                                      batch_size=batch_size)
-    result["classifier_fid"] = fid.classifier_fid(extractor(reals),
+    result["classifier_fid"] = fid.classifier_fid(extractor(real_images()),
                                                   extractor(fakes))
   if inception:
     try:
-      extractor = fid.FeatureExtractor(weights_path=fid_weights,
-                                       batch_size=50)
+      weights = inception_lib.find_fid_weights(fid_weights)
+      extractor = fid.FeatureExtractor(weights_path=weights, batch_size=50)
     except UserError as e:
       result["inception"] = f"not computed: {e}"
     else:
-      info = input_pipeline.get_dataset_info(gan.config.dataset.name)
-      source = input_pipeline.get_source(
-          info.name, info.eval_split, gan.config.dataset.get("data_dir") or None)
-      reals = np.concatenate([
-          b["image"][b["mask"] > 0] for b in input_pipeline.eval_batches(
-              source, global_batch_size=batch_size, process_index=0,
-              process_count=1)])[:num_real]
-      real_pool, _ = extractor(reals)
+      cache = fid.statistics_cache_path(info.name, info.train_split, n_real,
+                                        weights, cache_dir)
+      mu, sigma = fid.cached_statistics(
+          cache, lambda: fid.compute_statistics(extractor(real_images())[0]))
       fake_pool, fake_logits = extractor(fakes)
-      result["inception_fid"] = fid.fid_from_features(real_pool, fake_pool)
+      result["inception_fid"] = fid.frechet_distance(
+          mu, sigma, *fid.compute_statistics(fake_pool))
       result["inception_score"] = fid.inception_score(fake_logits)[0]
-  grid_rows = min(classes, 10)
-  per_row = min(samples_per_class, 10)
-  picks = np.concatenate([np.arange(r * samples_per_class,
-                                    r * samples_per_class + per_row)
+  warning = fid.below_standard_sizes(
+      n_real, len(fakes), available,
+      fid="classifier_fid" in result or "inception_fid" in result,
+      inception_score="inception_score" in result)
+  if warning:
+    result["warning"] = warning
+    warnings.warn(f"advjax: {warning}", RuntimeWarning, stacklevel=2)
+  grid_rows = min(classes, 10, len(fakes))
+  per_row = max(min(len(fakes) // classes, 10), 1)
+  picks = np.concatenate([r + classes * np.arange(per_row)
                           for r in range(grid_rows)])
   result["grid"] = image_grid(fakes[picks], rows=grid_rows)
   return result
 
 
 def gan_markdown(result: dict[str, Any]) -> str:
-  rows = [("samples", f"{result['num_samples']}")]
+  n, n_real = result["num_samples"], result["num_real"]
+  sets = f"{n_real} {result['real_split']} images vs {n} samples"
+  rows = [("samples (class-balanced)", f"{n}")]
   if "classifier_accuracy_on_samples" in result:
     rows.append(("classifier accuracy on class-conditional samples",
                  f"{100 * result['classifier_accuracy_on_samples']:.2f}%"))
   if "classifier_fid" in result:
-    rows.append(("FID in the classifier's feature space (not Inception FID)",
-                 f"{result['classifier_fid']:.3f}"))
+    rows.append((f"FID in the classifier's feature space (not Inception "
+                 f"FID; {sets})", f"{result['classifier_fid']:.3f}"))
   if "inception_fid" in result:
-    rows.append(("Inception FID", f"{result['inception_fid']:.2f}"))
-    rows.append(("Inception Score", f"{result['inception_score']:.2f}"))
+    rows.append((f"Inception FID ({sets})", f"{result['inception_fid']:.2f}"))
+    rows.append((f"Inception Score ({n} samples, 10 splits)",
+                 f"{result['inception_score']:.2f}"))
   elif "inception" in result:
     rows.append(("Inception FID / IS", result["inception"]))
-  return "\n".join(["| metric | value |", "| --- | --- |"]
-                   + [f"| {k} | {v} |" for k, v in rows]) + "\n"
+  lines = ["| metric | value |", "| --- | --- |"]
+  lines += [f"| {k} | {v} |" for k, v in rows]
+  if "warning" in result:
+    lines += ["", f"Warning: {result['warning']}."]
+  return "\n".join(lines) + "\n"
 
 
 def attack_flags() -> ml_collections.ConfigDict:
@@ -546,8 +588,9 @@ def report(mode: str, workdir: str, out: str | None = None, *,
            unrestricted_settings: Mapping[str, Any] | None = None,
            patch_settings: Mapping[str, Any] | None = None,
            classifier_workdir: str | None = None,
-           samples_per_class: int = 100, fid_weights: str | None = None,
-           inception: bool = True) -> str:
+           num_samples: int = 50_000, num_real: int = 0,
+           fid_weights: str | None = None, inception: bool = True,
+           fid_cache_dir: str | None = None) -> str:
   """Writes the `mode` report of `workdir` to `out`; returns its Markdown.
 
   `attack_settings[name]` overrides fields of adversary `name`'s evaluation
@@ -589,8 +632,9 @@ def report(mode: str, workdir: str, out: str | None = None, *,
     gan = inference.restore(workdir, kind="gan")
     classifier = (inference.restore(classifier_workdir, kind="classifier")
                   if classifier_workdir else None)
-    result = gan_metrics(gan, classifier, samples_per_class=samples_per_class,
-                         fid_weights=fid_weights, inception=inception)
+    result = gan_metrics(gan, classifier, num_samples=num_samples,
+                         num_real=num_real, fid_weights=fid_weights,
+                         inception=inception, cache_dir=fid_cache_dir)
     markdown = gan_markdown(result)
     images = {"gan_samples": result.pop("grid")}
   else:
@@ -622,7 +666,7 @@ def main(argv):
                     unrestricted_settings=f.unrestricted.to_dict(),
                     patch_settings=f.patch.to_dict(),
                     classifier_workdir=f.classifier_workdir,
-                    samples_per_class=f.samples_per_class,
+                    num_samples=f.num_samples, num_real=f.num_real,
                     fid_weights=f.fid_weights, inception=f.inception)
   print(markdown)
   print(f"advjax: report written to {out}")
@@ -661,7 +705,12 @@ def _define_flags():
   flags.DEFINE_string("classifier_workdir", None,
                       "--mode=gan: classifier for accuracy on samples and "
                       "classifier-feature FID.")
-  flags.DEFINE_integer("samples_per_class", 100, "--mode=gan: samples.")
+  flags.DEFINE_integer("num_samples", 50_000,
+                       "--mode=gan: class-balanced samples for FID, IS and "
+                       "the classifier metrics (published IS: 50,000).")
+  flags.DEFINE_integer("num_real", 0,
+                       "--mode=gan: training images FID compares with; "
+                       "0: the whole training split (published FIDs).")
   flags.DEFINE_string("fid_weights", None,
                       "--mode=gan: pytorch-fid's InceptionV3 weights file.")
   flags.DEFINE_bool("inception", True,

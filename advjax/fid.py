@@ -5,10 +5,16 @@ Converge to a Local Nash Equilibrium") fits a Gaussian to each set of features
 and reports the Frechet distance between them:
   FID = |mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)).
 Inception FID uses the pool3 features of pytorch-fid's InceptionV3
-(advjax.inception); only that number is comparable with published FIDs.
+(advjax.inception); only that number is comparable with published FIDs, and
+only when it comes from as many images as they use: FID is biased upward
+for small sets, so Heusel et al. use at least 10,000 samples
+(`FID_STANDARD_SIZE`; 50,000 is common) against the statistics of the whole
+training set. The real statistics are cached (`cached_statistics`, keyed by
+dataset, split, count and weights file), so they are computed once.
 
 Inception Score (Salimans et al. 2016, "Improved Techniques for Training
-GANs"): IS = exp(E_x KL(p(y|x) || p(y))), averaged over `splits` parts.
+GANs"): IS = exp(E_x KL(p(y|x) || p(y))), averaged over `splits` parts; the
+paper's protocol is 50,000 samples in 10 splits (`IS_STANDARD_SIZE`).
 
 `classifier_fid` is the same distance in the feature space of one of our own
 classifiers; it is a useful within-project signal (e.g. on Fashion-MNIST,
@@ -17,6 +23,9 @@ where ImageNet features fit poorly) but is NOT comparable to Inception FID.
 
 from __future__ import annotations
 
+import os
+import re
+import tempfile
 import warnings
 from typing import Any, Callable, Iterable
 
@@ -26,6 +35,12 @@ import numpy as np
 
 from advjax import inception
 from advjax.errors import UserError
+
+# The sample sizes of published numbers: FID from at least 10,000 samples
+# against the whole training set (Heusel et al. 2017), IS over 50,000
+# samples (Salimans et al. 2016).
+FID_STANDARD_SIZE = 10_000
+IS_STANDARD_SIZE = 50_000
 
 try:  # scipy is optional; the eigen method below needs only numpy.
   import scipy.linalg as _scipy_linalg
@@ -147,6 +162,65 @@ def load_statistics(path: str) -> tuple[np.ndarray, np.ndarray]:
     if "mu" not in f or "sigma" not in f:
       raise UserError(f"{path} has no 'mu'/'sigma' arrays (keys: {f.files})")
     return f["mu"].astype(np.float64), f["sigma"].astype(np.float64)
+
+
+def below_standard_sizes(num_real: int, num_samples: int, real_available: int,
+                         *, fid: bool = True,
+                         inception_score: bool = True) -> str | None:
+  """One line naming the sizes, of the metrics computed (`fid`,
+  `inception_score`), below those of published numbers (FID: the whole
+  training set of `real_available` images vs at least 10,000 samples; IS:
+  50,000 samples); None if none is."""
+  short = []
+  if fid and (num_real < real_available or num_samples < FID_STANDARD_SIZE):
+    short.append(f"FID from {num_real} of {real_available} training images "
+                 f"and {num_samples} samples (published FIDs use the whole "
+                 f"training set and at least {FID_STANDARD_SIZE:,} samples, "
+                 f"Heusel et al. 2017)")
+  if inception_score and num_samples < IS_STANDARD_SIZE:
+    short.append(f"IS from {num_samples} samples (published ones use "
+                 f"{IS_STANDARD_SIZE:,}, Salimans et al. 2016)")
+  if not short:
+    return None
+  return ("below the standard sample sizes, not comparable with published "
+          "numbers: " + "; ".join(short))
+
+
+def default_statistics_cache() -> str:
+  """~/.cache/advjax/fid_stats: the real images' Inception statistics."""
+  return os.path.join(os.path.expanduser("~"), ".cache", "advjax",
+                      "fid_stats")
+
+
+def statistics_cache_path(dataset: str, split: str, count: int,
+                          weights_path: str,
+                          cache_dir: str | None = None) -> str:
+  """Where the Inception statistics of the first `count` images of
+  `dataset`'s `split` under the weights file `weights_path` are cached."""
+  key = "-".join([dataset, split, str(int(count)),
+                  os.path.basename(os.fspath(weights_path))])
+  key = re.sub(r"[^A-Za-z0-9._-]+", "_", key)
+  return os.path.join(cache_dir or default_statistics_cache(), key + ".npz")
+
+
+def cached_statistics(path: str, compute: Callable[[], tuple[Any, Any]]
+                      ) -> tuple[np.ndarray, np.ndarray]:
+  """(mu, sigma) from the .npz at `path`, else `compute()`, saved there
+  (written to a temporary file and renamed, so readers never see a part)."""
+  if os.path.isfile(path):
+    return load_statistics(path)
+  mu, sigma = compute()
+  folder = os.path.dirname(path)
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=folder, suffix=".npz")
+  os.close(fd)
+  try:
+    save_statistics(tmp, mu, sigma)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+  return np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
 
 
 # ---------------------------------------------------------------------------

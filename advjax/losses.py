@@ -71,17 +71,20 @@ def nonsaturating_g_loss(d_fake):
 
 
 def least_squares_d_loss(d_real, d_fake):
-  """LSGAN discriminator loss (Mao et al. 2017) with a=0, b=1.
+  """LSGAN discriminator loss (Mao et al. 2017) with a=0, b=1, without the
+  paper's 1/2 factors: plain mean squared errors, as CycleGAN's code (Zhu et
+  al. 2017, junyanz/pytorch-CycleGAN-and-pix2pix: nn.MSELoss) computes them:
 
-  L_D = 0.5 E[(D(x) - 1)^2] + 0.5 E[D(G(z))^2], D = raw (linear) output.
+  L_D = E[(D(x) - 1)^2] + E[D(G(z))^2], D = raw (linear) output.
   """
-  return (0.5 * jnp.mean(jnp.square(d_real - 1.))
-          + 0.5 * jnp.mean(jnp.square(d_fake)))
+  return (jnp.mean(jnp.square(d_real - 1.))
+          + jnp.mean(jnp.square(d_fake)))
 
 
 def least_squares_g_loss(d_fake):
-  """LSGAN generator loss (Mao et al. 2017) with c=1: 0.5 E[(D(G(z)) - 1)^2]."""
-  return 0.5 * jnp.mean(jnp.square(d_fake - 1.))
+  """LSGAN generator loss (Mao et al. 2017) with c=1, without the 1/2:
+  E[(D(G(z)) - 1)^2], the mean squared error to the real target."""
+  return jnp.mean(jnp.square(d_fake - 1.))
 
 
 # --- Hinge loss (Lim & Ye 2017; Miyato et al. 2018) -------------------------

@@ -12,8 +12,8 @@ import pytest
 import tensorflow_datasets as tfds
 from jax.sharding import PartitionSpec as P
 
-from advjax import (adversarial_training, inference, losses, models,
-                    parallel, trainers)
+from advjax import (adversarial_training, adversaries, attacks, inference,
+                    losses, models, parallel, trainers)
 from advjax.trainers import classifier as train
 from advjax.errors import UserError
 from tests.helpers import load_config
@@ -156,10 +156,11 @@ def test_mode_none_and_prop_zero_train_exactly_as_plain_training():
     np.testing.assert_array_equal(a, b)
 
 
-def test_fgsm_examples_are_exactly_eps_from_the_real_images():
+def test_true_label_fgsm_examples_are_exactly_eps_from_the_real_images():
   batch = _batches(1, batch_size=8)[0]
-  out = _augmented(_config("fgsm", dict(eps=0.1), prop=0.5), batch,
-                   jax.random.key(0))
+  out = _augmented(_config("fgsm", dict(eps=0.1, target="true_label",
+                                        random_eps=False), prop=0.5),
+                   batch, jax.random.key(0))
   assert out["num_clean"] == 4 and out["num_aug"] == 4
   adv, src = np.asarray(out["image"][4:]), batch["image"][:4]
   np.testing.assert_array_equal(out["source_image"], src)
@@ -169,6 +170,42 @@ def test_fgsm_examples_are_exactly_eps_from_the_real_images():
   assert inside.mean() > 0.8
   np.testing.assert_allclose(diff[inside], 0.1, atol=1e-6)
   assert diff.max() <= 0.1 + 1e-6
+  model, state, _, _ = _state(_config("fgsm"), SMALL)
+  logits_fn = lambda x: model.apply({"params": state.params,
+                                     "batch_stats": state.batch_stats}, x,
+                                    train=False)
+  np.testing.assert_allclose(adv, attacks.fgsm(logits_fn, src,
+                                               batch["label"][:4], 0.1),
+                             atol=1e-6)
+
+
+def test_fgsm_training_takes_least_likely_steps_of_one_random_eps_per_batch():
+  # Kurakin et al. 2017's "step l.l." with eps ~ U(1e-4, eps) per batch: the
+  # default of mode fgsm.
+  batch = _batches(1, batch_size=16)[0]
+  config = _config("fgsm", dict(eps=0.1))
+  model, state, _, _ = _state(config, SMALL)
+  logits_fn = lambda x: model.apply({"params": state.params,
+                                     "batch_stats": state.batch_stats}, x,
+                                    train=False)
+  src = batch["image"][:8]
+  drawn = []
+  for seed in range(3):
+    out = _augmented(config, batch, jax.random.key(seed))
+    adv = np.asarray(out["image"][8:])
+    inside = np.abs(adv) < 1.0
+    eps = np.abs(adv - src)[inside]
+    assert inside.mean() > 0.8
+    np.testing.assert_allclose(eps, eps[0], rtol=1e-4)  # one eps per batch
+    assert 1e-4 <= eps[0] <= 0.1
+    np.testing.assert_allclose(
+        adv, attacks.fgsm_least_likely(logits_fn, src, float(eps[0])),
+        atol=1e-5)
+    drawn.append(float(eps[0]))
+  assert len(set(np.round(drawn, 6))) == 3  # a fresh eps for each batch
+  # Not the true-label step at that eps.
+  assert not np.allclose(adv, attacks.fgsm(logits_fn, src, batch["label"][:8],
+                                           drawn[-1]), atol=1e-5)
 
 
 def test_replace_keeps_the_batch_size_and_add_grows_it():
@@ -188,13 +225,67 @@ def test_replace_keeps_the_batch_size_and_add_grows_it():
   assert float(m["loss"]) != pytest.approx(_formula(m, 4, 4), rel=1e-5)
 
 
+def test_prop_one_with_replace_trains_on_the_crafted_examples_only():
+  history, state = _train(jax.devices()[:2], _batches(2),
+                          _config("fgsm", prop=1.0))
+  for m in history:
+    assert np.isfinite(float(m["loss"]))
+    assert float(m["loss"]) == pytest.approx(float(m["aug_loss"]), rel=1e-6)
+    assert "clean_loss" not in m
+    # The accuracy is the model's on the real images that were replaced.
+    assert 0.0 <= float(m["accuracy"]) <= 1.0
+    assert float(m["accuracy"]) == float(m["clean_accuracy"])
+  assert int(state.bad_step) == -1
+
+
+def test_train_step_gives_adversaries_the_device_axis(monkeypatch):
+  seen = []
+  craft_batch = adversarial_training.craft_batch
+
+  def recording(plan, target, batch, rng):
+    seen.append(target.axis_name)
+    return craft_batch(plan, target, batch, rng)
+  monkeypatch.setattr(adversarial_training, "craft_batch", recording)
+  _train(jax.devices()[:2], _batches(1), _config("fgsm"))
+  assert seen == [parallel.AXIS]
+
+
+def test_unrestricted_adversary_averages_over_the_global_batch():
+  # Two devices with the same 8 examples (same key, so the same z0) and the
+  # device axis: the global batch is 16, so each example steps as it would
+  # alone in a batch of 8 at half the learning rate.
+  from tests import test_latent_attack as toy
+  entry = adversaries.get("unrestricted")
+  gan = adversaries.FrozenGAN(toy.generate_fn, toy.aux_logits_fn, toy.D)
+  images = jnp.zeros((8, 4, 4, 1))
+  labels = jnp.arange(8, dtype=jnp.int32) % toy.K
+  rng = jax.random.key(0)
+
+  def craft(lr, axis_name, images, labels):
+    settings = entry.settings(num_steps=3, learning_rate=lr, langevin=False)
+    target = adversaries.Target(toy.logits_fn, gan, axis_name=axis_name)
+    return entry.craft(settings, target, images, labels, rng)["image"]
+
+  mesh = parallel.make_mesh(jax.devices()[:2])
+  two = parallel.data_parallel(
+      functools.partial(craft, 1.0, parallel.AXIS), mesh,
+      (P(parallel.AXIS), P(parallel.AXIS)), P(parallel.AXIS))(
+          jnp.concatenate([images, images]), jnp.concatenate([labels, labels]))
+  two = np.asarray(two)
+  np.testing.assert_allclose(two[:8], two[8:], atol=1e-6)
+  np.testing.assert_allclose(two[:8], craft(0.5, None, images, labels),
+                             atol=1e-5)
+  assert not np.allclose(two[:8], craft(1.0, None, images, labels),
+                         atol=1e-4)
+
+
 def test_one_and_two_devices_agree_for_the_same_global_batch():
   # Each device augments the first half of its own shard; order the
   # one-device batch so that it augments the same examples.
   batches = _batches(3, batch_size=16)
   order = np.r_[0:4, 8:12, 4:8, 12:16]
   single = [{k: v[order] for k, v in b.items()} for b in batches]
-  config = _config("fgsm", dict(eps=0.1))
+  config = _config("fgsm", dict(eps=0.1, random_eps=False))
   m1, s1 = _train(jax.devices()[:1], single, config)
   m2, s2 = _train(jax.devices()[:2], batches, config)
   for a, b in zip(m1, m2):

@@ -80,6 +80,34 @@ def test_the_step_runs_the_tested_cycle_loss(monkeypatch):
   assert calls and float(metrics["cycle_loss"]) >= 0.0
 
 
+def test_least_squares_terms_are_plain_mean_squared_errors():
+  # Zhu et al.'s code: G's adversarial term is MSE(D(G(a)), 1); each critic
+  # minimises 0.5 * (MSE(D(b), 1) + MSE(D(G(a)), 0)).
+  config = _shrink(load_config("cyclegan_fashion_mnist"))
+  config.cyclegan.loss = "least_squares"
+  s = cyclegan_train.read_settings(config)
+  state = cyclegan_train.create_train_state(config, (8, 8, 1),
+                                            jax.random.key(0), 10)
+  a = jax.random.uniform(jax.random.key(1), (2, 8, 8, 1), minval=-1)
+  b = jax.random.uniform(jax.random.key(2), (2, 8, 8, 1), minval=-1)
+  _, (metrics, fake_a, fake_b) = cyclegan_train.translator_objective(
+      s, state, state.g_params, a, b)
+  score = lambda name, x: np.asarray(state.players.discriminator.apply(
+      {"params": state.d_params[name]}, x, train=True), np.float64)
+  np.testing.assert_allclose(metrics["g_adv_a2b"],
+                             np.mean((score("b", fake_b) - 1) ** 2),
+                             rtol=1e-5)
+  np.testing.assert_allclose(metrics["g_adv_b2a"],
+                             np.mean((score("a", fake_a) - 1) ** 2),
+                             rtol=1e-5)
+  _, d_metrics = cyclegan_train.discriminator_objective(
+      s, state, state.d_params, {"a": a, "b": b}, {"a": fake_a, "b": fake_b})
+  np.testing.assert_allclose(
+      d_metrics["d_b_loss"], 0.5 * (np.mean((score("b", b) - 1) ** 2)
+                                    + np.mean(score("b", fake_b) ** 2)),
+      rtol=1e-5)
+
+
 @pytest.mark.parametrize("prob", [0.5, 0.2])
 def test_image_pool_returns_past_fakes_with_the_configured_probability(prob):
   size, n, rounds = 10, 50, 40

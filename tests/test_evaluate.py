@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from advjax import evaluate, inference, trainers
+from advjax import attacks, evaluate, inference, trainers
 from advjax.errors import UserError
 from tests.helpers import load_config
 
@@ -57,6 +57,25 @@ def test_robustness_report_table_matches_its_numbers(runs):
   assert np.abs(adv - clean).max() <= 0.5 + 1e-6 and np.abs(adv).max() <= 1
 
 
+def test_the_reports_fgsm_is_the_true_label_fgsm_at_each_eps(runs):
+  # Training defaults to least-likely FGSM with a random eps; the report's
+  # column is the standard FGSM (Goodfellow et al. 2015) at the row's eps.
+  classifier_dir, _ = runs
+  with tfds.testing.mock_data(num_examples=48):
+    classifier = inference.restore(classifier_dir)
+    result = evaluate.robustness(classifier, eps_list=[0.3],
+                                 attack_names=["fgsm"], num_examples=16,
+                                 batch_size=16)
+    x, y = next(evaluate.eval_data(classifier, 16, 16))
+  assert result["settings"]["fgsm"] == {"target": "true_label",
+                                        "random_eps": False}
+  x_adv = attacks.fgsm(classifier.logits_fn(), x, y, 0.3)
+  expected = np.mean(np.asarray(classifier.predict(x_adv)) == y)
+  assert result["rows"][0]["fgsm_accuracy"] == pytest.approx(expected)
+  ll = attacks.fgsm_least_likely(classifier.logits_fn(), x, 0.3)
+  assert not np.allclose(np.asarray(ll), np.asarray(x_adv))
+
+
 def test_reports_write_markdown_json_and_images(runs, tmp_path):
   classifier_dir, gan_dir = runs
   out = str(tmp_path / "report")
@@ -66,16 +85,20 @@ def test_reports_write_markdown_json_and_images(runs, tmp_path):
                     attack_settings={"autoattack": {"version": "fast"}})
     markdown = evaluate.report("gan", gan_dir, out,
                                classifier_workdir=classifier_dir,
-                               samples_per_class=3, inception=False)
+                               num_samples=30, num_real=20, inception=False)
   files = set(os.listdir(out))
   assert {"robustness.md", "robustness.json", "robustness_eps0.1.png",
           "gan.md", "gan.json", "gan_samples.png"} <= files
   with open(os.path.join(out, "gan.json")) as f:
     data = json.load(f)
-  assert data["num_samples"] == 30
+  assert data["num_samples"] == 30 and data["num_real"] == 20
   assert 0.0 <= data["classifier_accuracy_on_samples"] <= 1.0
   assert data["classifier_fid"] >= 0.0
   assert f"{100 * data['classifier_accuracy_on_samples']:.2f}%" in markdown
+  # Every FID names its sizes, and sizes this small are flagged.
+  assert "(not Inception FID; 20 train images vs 30 samples)" in markdown
+  assert "below the standard sample sizes" in data["warning"]
+  assert f"Warning: {data['warning']}." in markdown
 
 
 @pytest.mark.parametrize("flags, needle", [
@@ -118,10 +141,76 @@ def test_gan_metrics_say_why_inception_fid_is_missing(runs, monkeypatch,
   monkeypatch.setattr(inception, "_download", offline)
   with tfds.testing.mock_data(num_examples=48):
     result = evaluate.gan_metrics(inference.restore(gan_dir), None,
-                                  samples_per_class=2)
+                                  num_samples=20, num_real=10)
   assert result["inception"].startswith("not computed:")
+  assert "warning" not in result  # no FID or IS to warn about
   assert "ADVJAX_FID_WEIGHTS" in result["inception"]
   assert "| Inception FID / IS | not computed" in evaluate.gan_markdown(result)
+
+
+class _FakeInception:
+  """Stands in for InceptionV3: 'pool' features are 6 pixels, 'logits' 4;
+  records how many images each call got."""
+  calls: list = []
+
+  def __init__(self, *args, **kwargs):
+    del args, kwargs
+
+  def __call__(self, images):
+    images = np.asarray(images, np.float64).reshape(len(images), -1)
+    _FakeInception.calls.append(len(images))
+    return images[:, :6], images[:, 6:10]
+
+
+def test_gan_metrics_cache_the_real_statistics_and_name_their_sizes(
+    runs, monkeypatch, tmp_path):
+  _, gan_dir = runs
+  from advjax import fid
+  monkeypatch.setattr(fid, "FeatureExtractor", _FakeInception)
+  weights = tmp_path / "pt_inception-test.pth"
+  weights.write_bytes(b"not read by the stand-in")
+  cache = tmp_path / "fid_stats"
+  kwargs = dict(num_samples=20, num_real=12, fid_weights=str(weights),
+                cache_dir=str(cache))
+  with tfds.testing.mock_data(num_examples=48):
+    gan = inference.restore(gan_dir)
+    _FakeInception.calls = []
+    with pytest.warns(RuntimeWarning, match="below the standard"):
+      first = evaluate.gan_metrics(gan, None, **kwargs)
+    assert _FakeInception.calls == [12, 20]  # training images, then samples
+    cached = cache / "fashion_mnist-train-12-pt_inception-test.pth.npz"
+    assert os.listdir(cache) == [cached.name]
+    _FakeInception.calls = []
+    with pytest.warns(RuntimeWarning):
+      second = evaluate.gan_metrics(gan, None, **kwargs)
+    assert _FakeInception.calls == [20]  # the real images were not read again
+    # Another count is another entry.
+    evaluate.gan_metrics(gan, None, **dict(kwargs, num_real=10))
+    assert len(os.listdir(cache)) == 2
+  assert second["inception_fid"] == pytest.approx(first["inception_fid"])
+  mu, sigma = fid.load_statistics(str(cached))
+  assert mu.shape == (6,) and sigma.shape == (6, 6)
+  assert first["num_real"] == 12 and first["num_samples"] == 20
+  markdown = evaluate.gan_markdown(first)
+  assert "| Inception FID (12 train images vs 20 samples) |" in markdown
+  assert "| Inception Score (20 samples, 10 splits) |" in markdown
+
+
+def test_only_sizes_below_the_published_ones_are_flagged():
+  # Published: FID of >= 10,000 samples vs the whole training set, IS of
+  # 50,000 samples.
+  from advjax import fid
+  assert fid.below_standard_sizes(60_000, 50_000, 60_000) is None
+  assert "IS from 10000 samples" in fid.below_standard_sizes(60_000, 10_000,
+                                                             60_000)
+  assert fid.below_standard_sizes(60_000, 10_000, 60_000,
+                                  inception_score=False) is None
+  assert "FID from 2000 of 60000 training images" in (
+      fid.below_standard_sizes(2000, 50_000, 60_000))
+  assert "and 5000 samples" in fid.below_standard_sizes(
+      60_000, 5000, 60_000, inception_score=False)
+  assert fid.below_standard_sizes(2000, 100, 60_000, fid=False,
+                                  inception_score=False) is None
 
 
 def test_gan_metrics_refuse_a_classifier_of_another_dataset(runs):
@@ -131,7 +220,8 @@ def test_gan_metrics_refuse_a_classifier_of_another_dataset(runs):
     classifier = inference.restore(classifier_dir)
     classifier.config.dataset.name = "mnist"
     with pytest.raises(UserError, match="trained on mnist"):
-      evaluate.gan_metrics(gan, classifier, inception=False)
+      evaluate.gan_metrics(gan, classifier, num_samples=20, num_real=10,
+                           inception=False)
 
 
 def test_unrestricted_report_numbers_are_consistent(runs):

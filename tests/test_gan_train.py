@@ -217,6 +217,19 @@ def test_gradient_penalty_with_batchnorm_critic_is_refused():
                                  10)
 
 
+def test_gradient_penalty_with_minibatch_discrimination_is_refused():
+  # The penalty's per-sample gradients assume samples are scored
+  # independently (Gulrajani et al. 2017); minibatch discrimination couples
+  # them.
+  config = _tiny(gradient_penalty=10.0, loss="wasserstein")
+  config.model.discriminator.minibatch_discrimination = True
+  with pytest.raises(UserError, match="minibatch discrimination") as e:
+    gan_train.create_train_state(config, 10, (8, 8, 1), jax.random.key(0), 10)
+  assert "\n" not in str(e.value)
+  config.gan.gradient_penalty = 0.0
+  gan_train.create_train_state(config, 10, (8, 8, 1), jax.random.key(0), 10)
+
+
 def test_unknown_loss_is_refused():
   config = _tiny(loss="nonsense")
   with pytest.raises(UserError, match="gan.loss"):

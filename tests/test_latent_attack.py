@@ -5,6 +5,9 @@ is a matched filter on the class patterns B (accurate on G's outputs); the
 classifier f also reads the latent directions A, so small latent moves fool f
 while C still recognises the source class. One set of closures is shared by
 all tests, so compiled attack programs are reused.
+
+The objective is a mean over the batch, so an example moves by lr / B times
+its own gradient: `LR` = 0.1 * B is a step of 0.1 per example.
 """
 
 import functools
@@ -15,11 +18,14 @@ import numpy as np
 import optax
 import pytest
 
-from advjax import attacks
+from jax.sharding import PartitionSpec
+
+from advjax import attacks, parallel
 from advjax.errors import UserError
 
 D, K, P = 8, 3, 16  # latent dims, classes, pixels (4x4x1)
 B = 16
+LR = 0.1 * B
 
 _rs = np.random.RandomState(0)
 _A = _rs.normal(size=(P, D)).astype(np.float32) * 0.3
@@ -59,7 +65,7 @@ YT = (YS + 1) % K
 RNG = jax.random.key(1)
 
 attack = functools.partial(attacks.unrestricted_attack, generate_fn,
-                           aux_logits_fn, logits_fn)
+                           aux_logits_fn, logits_fn, learning_rate=LR)
 
 
 def _log_softmax(v):
@@ -84,9 +90,12 @@ def _ref_loss(z, ys, yt=None, eps_z=0.1, lambda_z=0.1, lambda_aux=0.1):
   return l0 + lambda_z * penalty + lambda_aux * aux
 
 
-def _criterion(images, ys, yt=None):
+def _criterion(images, ys, yt=None, generated=None):
+  """Success: f fooled on `images`, C keeps y_s on `generated` (G(z, y_s)
+  before any pixel noise; `images` when omitted)."""
+  generated = images if generated is None else generated
   pred = np.asarray(jnp.argmax(logits_fn(images), -1))
-  aux_pred = np.asarray(jnp.argmax(aux_logits_fn(images), -1))
+  aux_pred = np.asarray(jnp.argmax(aux_logits_fn(generated), -1))
   fooled = pred != np.asarray(ys) if yt is None else pred == np.asarray(yt)
   return fooled & (aux_pred == np.asarray(ys)), pred, aux_pred
 
@@ -132,8 +141,9 @@ def test_targeted_attack_reaches_the_target():
 
 def test_steps_are_per_example_gradient_descent_with_freezing():
   # Reference: a Python loop over examples and steps, each example descending
-  # the gradient of its own loss and stopping at its first success.
-  lr, eps_z, lambda_z, lambda_aux, steps = 0.3, 0.01, 5., 0.5, 3
+  # lr / B times the gradient of its own loss (its part of the batch mean)
+  # and stopping at its first success.
+  lr, eps_z, lambda_z, lambda_aux, steps = 0.3 * B, 0.01, 5., 0.5, 3
 
   def one_loss(z, z0, y):
     x = generate_fn(z[None], y[None])
@@ -152,7 +162,7 @@ def test_steps_are_per_example_gradient_descent_with_freezing():
         hit = t
         break
       if t < steps:
-        z = z - lr * grad(z, Z0[i], y)
+        z = z - lr / B * grad(z, Z0[i], y)
     expected.append(np.asarray(z))
     first.append(hit)
   r = attack(Z0, YS, None, num_steps=steps, learning_rate=lr, eps_z=eps_z,
@@ -162,6 +172,103 @@ def test_steps_are_per_example_gradient_descent_with_freezing():
   # The penalty was active (steps larger than eps_z) and nothing was trivial.
   assert np.abs(np.stack(expected) - np.asarray(Z0)).max() > 3 * eps_z
   assert 0 not in first
+
+
+# A toy with closed-form gradients: G(z, y) = z as a 1x1xDL image, f(x) = x W
+# (linear), C constant (no gradient; it says class 0, which no source is, so
+# nothing succeeds and nothing freezes). From z0 = 0 the targeted loss
+# CE(f(x), y_t) has gradient W (softmax(z W) - onehot(y_t)).
+DL = 512
+_W = np.random.RandomState(1).normal(size=(DL, K)).astype(np.float32)
+LIN_YS = jnp.asarray(1 + np.arange(B) % 2, jnp.int32)  # classes 1 and 2
+LIN_YT = (LIN_YS + 1) % K
+
+
+def _linear_generate_fn(z, y):
+  del y
+  return z.reshape(-1, 1, 1, DL)
+
+
+def _linear_logits_fn(x):
+  return x.reshape(x.shape[0], -1) @ jnp.asarray(_W)
+
+
+def _constant_aux_logits_fn(x):
+  return jnp.zeros((x.shape[0], K)) + jnp.asarray([1., 0., 0.])
+
+
+def _linear_grad(z, yt):
+  """Each example's gradient of CE(f(G(z)), y_t), in float64."""
+  logits = np.asarray(z, np.float64) @ _W.astype(np.float64)
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  return (p - np.eye(K)[np.asarray(yt)]) @ _W.T.astype(np.float64)
+
+
+def _linear_attack(z0, ys, yt, **kwargs):
+  return attacks.unrestricted_attack(
+      _linear_generate_fn, _constant_aux_logits_fn, _linear_logits_fn, z0, ys,
+      jax.random.key(5), target_labels=yt, lambda_z=0., **kwargs)
+
+
+def test_one_step_moves_z_by_lr_times_mean_gradient_plus_langevin_noise():
+  lr = 0.5
+  z0 = jnp.zeros((B, DL))
+  g = _linear_grad(z0, LIN_YT)
+  # Deterministic part: z_1 = -lr * g_b / B, so doubling the batch (with
+  # copies) halves each example's step.
+  one = _linear_attack(z0, LIN_YS, LIN_YT, num_steps=1, learning_rate=lr,
+                       langevin=False)
+  np.testing.assert_allclose(np.asarray(one['z']), -lr * g / B, rtol=1e-4,
+                             atol=1e-7)
+  twice = _linear_attack(jnp.concatenate([z0, z0]),
+                         jnp.concatenate([LIN_YS, LIN_YS]),
+                         jnp.concatenate([LIN_YT, LIN_YT]), num_steps=1,
+                         learning_rate=lr, langevin=False)
+  np.testing.assert_allclose(np.asarray(twice['z']),
+                             np.concatenate([-lr * g / (2 * B)] * 2),
+                             rtol=1e-4, atol=1e-7)
+  assert not np.any(one['success']) and not np.any(twice['success'])
+  # Noise: z_1 = -lr * (g_b / B + n_0), then z_2 = z_1 - lr * (g_b(z_1) / B
+  # + n_1) with std(n_t) = sqrt(0.01 / (1 + t)^0.55), over B * DL
+  # coordinates (the keys of step t are the same in both runs).
+  z1 = np.asarray(_linear_attack(z0, LIN_YS, LIN_YT, num_steps=1,
+                                 learning_rate=lr)['z'], np.float64)
+  n0 = -z1 / lr - g / B
+  z2 = np.asarray(_linear_attack(z0, LIN_YS, LIN_YT, num_steps=2,
+                                 learning_rate=lr)['z'], np.float64)
+  n1 = (z1 - z2) / lr - _linear_grad(z1, LIN_YT) / B
+  for t, n in ((0, n0), (1, n1)):
+    std = np.sqrt(0.01 / (1 + t) ** 0.55)
+    assert abs(n.mean()) < 0.05 * std
+    np.testing.assert_allclose(n.std(), std, rtol=0.05)
+  # The deterministic part is not lost in the noise: noise std 0.1 against
+  # a mean gradient of this size.
+  assert np.abs(g / B).mean() > 0.02
+
+
+def test_axis_name_averages_over_the_global_batch_of_every_device():
+  # Two devices with half the batch each and axis_name take the same steps
+  # as one device with the whole batch (no Langevin noise: deterministic).
+  kwargs = dict(num_steps=3, langevin=False)
+  whole = attack(Z0, YS, None, **kwargs)
+
+  def per_device(z0, ys):
+    r = attack(z0, ys, None, axis_name=parallel.AXIS, **kwargs)
+    return r['z'], r['first_success']
+
+  for n in (1, 2):
+    mesh = parallel.make_mesh(jax.devices()[:n])
+    spec = PartitionSpec(parallel.AXIS)
+    z, first = parallel.data_parallel(per_device, mesh, (spec, spec),
+                                      (spec, spec))(Z0, YS)
+    np.testing.assert_allclose(np.asarray(z), np.asarray(whole['z']),
+                               atol=1e-6)
+    np.testing.assert_array_equal(first, whole['first_success'])
+  # Without axis_name, a device's half batch is the whole batch: larger steps.
+  half = attack(Z0[:B // 2], YS[:B // 2], None, **kwargs)
+  assert not np.allclose(np.asarray(half['z']),
+                         np.asarray(whole['z'])[:B // 2], atol=1e-4)
 
 
 def test_langevin_noise_has_the_decaying_variance():
@@ -191,13 +298,14 @@ def test_langevin_noise_has_the_decaying_variance():
 
 def test_soft_constraint_keeps_z_near_z0():
   # f is never fooled, so every example takes all steps; the latent penalty
-  # is what keeps z within about eps_z of z0.
+  # is what keeps z within about eps_z of z0. Without Langevin noise: at this
+  # learning rate its std, LR * 0.1 / (1 + t)^0.275, is comparable to eps_z.
   eps_z, steps = 0.1, 100
   run = functools.partial(attacks.unrestricted_attack, generate_fn,
                           aux_logits_fn, robust_logits_fn, Z0,
                           jnp.zeros((B,), jnp.int32), RNG, num_steps=steps,
-                          eps_z=eps_z)
-  # lr * lambda_z * 2 / D = 1: one step pulls a coordinate back to the
+                          eps_z=eps_z, learning_rate=LR, langevin=False)
+  # (LR / B) * lambda_z * 2 / D = 1: one step pulls a coordinate back to the
   # boundary |z - z0| = eps_z (a larger product makes descent unstable).
   held = run(lambda_z=40.)
   free = run(lambda_z=0.)
@@ -240,15 +348,52 @@ def test_examples_freeze_at_their_first_success():
 def test_pixel_noise_stays_within_noise_eps():
   noise_eps = 0.1
   r = attack(Z0, YS, RNG, num_steps=60, noise_eps=noise_eps)
-  clean = np.clip(np.asarray(generate_fn(r['z'], YS)), -1., 1.)
-  diff = np.abs(np.asarray(r['images']) - clean)
+  np.testing.assert_allclose(np.asarray(r['generated']),
+                             np.asarray(generate_fn(r['z'], YS)), atol=1e-6)
+  diff = np.abs(np.asarray(r['images']) - np.asarray(r['generated']))
   assert diff.max() <= noise_eps + 1e-6
   assert diff.max() > 0.01  # tau was optimised
   assert np.asarray(r['images']).min() >= -1. and np.asarray(
       r['images']).max() <= 1.
-  ok, _, _ = _criterion(r['images'], YS)
+  ok, _, _ = _criterion(r['images'], YS, generated=r['generated'])
   np.testing.assert_array_equal(r['success'], ok)
   assert np.mean(ok) >= 0.75
+
+
+def test_pixel_noise_steps_tau_along_its_unit_gradient():
+  # G = 0 (only tau makes the image); at tau = 0, grad_tau L_b = noise_eps *
+  # W (softmax(0) - onehot(y_t)) / B, and tau_1 = -lr * that / ||that||_2,
+  # whatever f's scale (a 10x larger f has a 10x larger gradient) and
+  # without Langevin noise (which z gets).
+  lr, noise_eps = 1.0, 0.1
+  z0 = jnp.zeros((B, DL))
+  direction = _linear_grad(z0, LIN_YT)
+  direction /= np.linalg.norm(direction, axis=-1, keepdims=True)
+  for scale in (1., 10.):
+    r = attacks.unrestricted_attack(
+        lambda z, y: 0. * _linear_generate_fn(z, y), _constant_aux_logits_fn,
+        lambda x, s=scale: s * _linear_logits_fn(x), z0, LIN_YS,
+        jax.random.key(5), target_labels=LIN_YT, num_steps=1,
+        learning_rate=lr, lambda_z=0., noise_eps=noise_eps)
+    delta = np.asarray(r['images'], np.float64)  # G = 0
+    tau = np.arctanh(delta / noise_eps).reshape(B, DL)
+    np.testing.assert_allclose(np.linalg.norm(tau, axis=-1), lr, rtol=1e-3)
+    np.testing.assert_allclose(tau, -lr * direction, atol=1e-4)
+
+
+def test_auxiliary_classifier_judges_the_image_before_pixel_noise():
+  # f has no gradient and is never fooled (source 0, f says 0): only the
+  # auxiliary term could move tau, and C sees G(z, y_s) without the noise,
+  # so tau stays 0 while z moves.
+  ys = jnp.zeros((B,), jnp.int32)
+  r = attacks.unrestricted_attack(
+      generate_fn, aux_logits_fn, constant_logits_fn, Z0, ys, None,
+      num_steps=5, learning_rate=LR, lambda_z=0., lambda_aux=1.,
+      noise_eps=0.1, langevin=False)
+  assert not np.any(r['success'])
+  assert np.abs(np.asarray(r['z'] - Z0)).max() > 1e-3
+  np.testing.assert_allclose(np.asarray(r['images']),
+                             np.asarray(generate_fn(r['z'], ys)), atol=1e-6)
 
 
 def test_optax_optimizer_path():
@@ -281,7 +426,7 @@ def test_jit_and_one_compiled_loop():
     return generate_fn(z, y)
 
   run = functools.partial(attacks.unrestricted_attack, counting_generate_fn,
-                          aux_logits_fn, logits_fn)
+                          aux_logits_fn, logits_fn, learning_rate=LR)
   jitted = jax.jit(functools.partial(run, num_steps=60))
   r_jit = jitted(Z0, YS, RNG)
   r_eager = attack(Z0, YS, RNG, num_steps=60)

@@ -96,12 +96,14 @@ def test_least_squares_minimum_at_targets():
       ones, zeros)
   np.testing.assert_allclose(g_real, 0.)
   np.testing.assert_allclose(g_fake, 0.)
-  # Known values away from the targets (a=0, b=1, c=1 with the 1/2 factors).
-  np.testing.assert_allclose(losses.least_squares_d_loss(zeros, ones), 1.)
+  # Known values away from the targets (a=0, b=1, c=1, plain mean squared
+  # errors without the paper's 1/2 factors, as CycleGAN's code).
+  np.testing.assert_allclose(losses.least_squares_d_loss(zeros, ones), 2.)
   np.testing.assert_allclose(
-      losses.least_squares_d_loss(jnp.array([3.]), jnp.array([-2.])),
-      0.5 * 4 + 0.5 * 4)
-  np.testing.assert_allclose(losses.least_squares_g_loss(jnp.array([3.])), 2.)
+      losses.least_squares_d_loss(jnp.array([3.]), jnp.array([-2.])), 4 + 4)
+  np.testing.assert_allclose(losses.least_squares_g_loss(jnp.array([3.])), 4.)
+  np.testing.assert_allclose(
+      losses.least_squares_g_loss(jnp.array([0., 3.])), (1 + 4) / 2)
 
 
 def test_hinge_zero_when_margins_satisfied():

@@ -151,8 +151,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
                       "batch_stats": state.batch_stats}
     logits_fn = lambda x: state.apply_fn(eval_variables, x, train=False)
     out = adversarial_training.craft_batch(
-        plan, plan.target(logits_fn, frozen.get("gan")), batch,
-        jax.random.fold_in(rng, 1))
+        plan, plan.target(logits_fn, frozen.get("gan"), axis_name=AXIS),
+        batch, jax.random.fold_in(rng, 1))
     images, labels = out["image"], out["label"]
     num_clean, num_aug = out["num_clean"], out["num_aug"]
     if "success" in out:
@@ -181,6 +181,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
   (loss, (logits, updates, parts)), grads = jax.value_and_grad(
       loss_fn, has_aux=True)(state.params)
   if active:
+    if num_clean == 0:
+      # Every real image was replaced: the current model's accuracy on them.
+      parts["clean_accuracy"] = jnp.mean(
+          jnp.argmax(logits_fn(out["source_image"]), -1)
+          == batch["label"][:num_aug])
     accuracy = parts["clean_accuracy"]
   else:
     accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)

@@ -11,13 +11,17 @@ data-parallel program. The translators minimise
   + supervised_weight * (|G(a) - b|_1 + |F(b) - a|_1)        (paired data only)
 
 with L1 as a per-pixel mean and L_adv least-squares (the paper) or any other
-registered adversarial loss. The discriminators minimise half their usual loss (the paper's
-0.5 factor), and see fakes through an image pool (Shrivastava et al. 2017, as
-in CycleGAN): once the pool holds `pool_size` fakes, each new fake is, with
-probability `pool_prob`, swapped for a random stored one, which D then sees
-instead. The pools are part of the replicated train state: every device
-gathers the global batch of fakes and applies the same draws, so the pools
-stay identical across devices, are checkpointed, and resume exactly.
+registered adversarial loss. Least squares is the plain mean squared error
+of the authors' code (junyanz/pytorch-CycleGAN-and-pix2pix, whose GANLoss
+is nn.MSELoss to the targets 1 and 0): L_adv(G, D_B) = E[(D_B(G(a)) - 1)^2],
+and D_B minimises 0.5 * (E[(D_B(b) - 1)^2] + E[D_B(G(a))^2]). The
+discriminators minimise half their registered loss (that 0.5 factor), and
+see fakes through an image pool (Shrivastava et al. 2017, as in CycleGAN):
+once the pool holds `pool_size` fakes, each new fake is, with probability
+`pool_prob`, swapped for a random stored one, which D then sees instead. The
+pools are part of the replicated train state: every device gathers the
+global batch of fakes and applies the same draws, so the pools stay
+identical across devices, are checkpointed, and resume exactly.
 
 Settings are `config.cyclegan` (`Settings`, read once); the adversarial loss
 is any of `losses.ADVERSARIAL_LOSSES`. Domains come from

@@ -190,6 +190,12 @@ def create_train_state(config: ml_collections.ConfigDict, num_classes: int,
   if s.gradient_penalty and d_state.get("batch_stats"):
     raise UserError("the gradient penalty needs a discriminator without "
                     "BatchNorm (set model.discriminator.use_batchnorm=False)")
+  if s.gradient_penalty and getattr(discriminator, "minibatch_discrimination",
+                                    False):
+    raise UserError("the gradient penalty needs a discriminator that scores "
+                    "each sample on its own; minibatch discrimination couples "
+                    "them (set model.discriminator.minibatch_discrimination="
+                    "False)")
   g_tx = optimizers.create_optimizer(config.g_optimizer, num_train_steps)
   d_tx = optimizers.create_optimizer(config.d_optimizer,
                                      s.critic_steps * num_train_steps)
