@@ -30,7 +30,7 @@ from advjax.errors import UserError
 
 LogitsFn = Callable[[jax.Array], jax.Array]
 
-_NORMS = ('linf', 'l2')
+_NORMS = ("linf", "l2")
 
 
 def _is_concrete(*values) -> bool:
@@ -50,37 +50,37 @@ def check_attack_inputs(x, y=None, num_classes: Optional[int] = None,
   x_shape = jnp.shape(x)
   if len(x_shape) != 4:
     raise UserError(
-        f'attack input x must be a 4-D NHWC image batch [B, H, W, C], got '
-        f'shape {tuple(x_shape)}; add a batch axis with x[None] for one image.')
+        f"attack input x must be a 4-D NHWC image batch [B, H, W, C], got "
+        f"shape {tuple(x_shape)}; add a batch axis with x[None] for one image.")
   if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
     raise UserError(
-        f'attack input x must be floating point (float32 in [-1, 1]), got '
-        f'dtype {jnp.result_type(x)}; convert with x.astype(jnp.float32).')
+        f"attack input x must be floating point (float32 in [-1, 1]), got "
+        f"dtype {jnp.result_type(x)}; convert with x.astype(jnp.float32).")
   if eps is not None and _is_concrete(eps):
     if not np.all(np.asarray(eps) >= 0):
-      raise UserError(f'eps must be >= 0, got {eps}.')
+      raise UserError(f"eps must be >= 0, got {eps}.")
   if y is None:
     return
   y_shape = jnp.shape(y)
   if len(y_shape) != 1:
     raise UserError(
-        f'labels y must be integer class indices of shape [B], got shape '
-        f'{tuple(y_shape)}; for one-hot labels pass y.argmax(-1).')
+        f"labels y must be integer class indices of shape [B], got shape "
+        f"{tuple(y_shape)}; for one-hot labels pass y.argmax(-1).")
   if not jnp.issubdtype(jnp.result_type(y), jnp.integer):
     raise UserError(
-        f'labels y must be integer class indices, got dtype '
-        f'{jnp.result_type(y)}; convert with y.astype(jnp.int32).')
+        f"labels y must be integer class indices, got dtype "
+        f"{jnp.result_type(y)}; convert with y.astype(jnp.int32).")
   if y_shape[0] != x_shape[0]:
     raise UserError(
-        f'batch size mismatch: x has {x_shape[0]} examples but y has '
-        f'{y_shape[0]} labels.')
+        f"batch size mismatch: x has {x_shape[0]} examples but y has "
+        f"{y_shape[0]} labels.")
   if num_classes is not None and _is_concrete(y) and y_shape[0] > 0:
     y_np = np.asarray(y)
     lo, hi = int(y_np.min()), int(y_np.max())
     if lo < 0 or hi >= num_classes:
       raise UserError(
-          f'labels must lie in [0, {num_classes}) for a {num_classes}-class '
-          f'classifier, got values in [{lo}, {hi}].')
+          f"labels must lie in [0, {num_classes}) for a {num_classes}-class "
+          f"classifier, got values in [{lo}, {hi}].")
 
 
 def _output_shape(fn: Callable, name: str, what: str, advice: str, *args):
@@ -91,30 +91,30 @@ def _output_shape(fn: Callable, name: str, what: str, advice: str, *args):
   except UserError:
     raise
   except Exception as e:  # pylint: disable=broad-except
-    first = (str(e).strip().splitlines() or [''])[0]
-    first = re.sub(r'\s*\(https?://[^)]*\)\s*$', '', first)  # Doc links.
+    first = (str(e).strip().splitlines() or [""])[0]
+    first = re.sub(r"\s*\(https?://[^)]*\)\s*$", "", first)  # Doc links.
     if len(first) > 240:
-      first = first[:237] + '...'
+      first = first[:237] + "..."
     raise UserError(
-        f'{name} cannot take {what} of shape {tuple(jnp.shape(args[0]))} '
-        f'({type(e).__name__}: {first}); {advice}') from e
+        f"{name} cannot take {what} of shape {tuple(jnp.shape(args[0]))} "
+        f"({type(e).__name__}: {first}); {advice}") from e
 
 
 def _image_advice(shape) -> str:
   if len(shape) == 4 and shape[1] in (1, 3) and shape[3] not in (1, 3):
-    return 'images are NHWC: for NCHW pass x.transpose(0, 2, 3, 1).'
-  return ('pass NHWC images of the height, width and channels the model was '
-          'trained on.')
+    return "images are NHWC: for NCHW pass x.transpose(0, 2, 3, 1)."
+  return ("pass NHWC images of the height, width and channels the model was "
+          "trained on.")
 
 
-def _num_classes(logits_fn: LogitsFn, x, name: str = 'logits_fn') -> int:
+def _num_classes(logits_fn: LogitsFn, x, name: str = "logits_fn") -> int:
   """Number of classes, from the output shape (no computation is run)."""
-  out = _output_shape(logits_fn, name, 'images',
+  out = _output_shape(logits_fn, name, "images",
                       _image_advice(jnp.shape(x)), x)
   if len(out.shape) != 2 or out.shape[0] != jnp.shape(x)[0]:
     raise UserError(
-        f'{name} must map [B, H, W, C] images to [B, K] logits, got output '
-        f'shape {tuple(out.shape)} for input shape {tuple(jnp.shape(x))}.')
+        f"{name} must map [B, H, W, C] images to [B, K] logits, got output "
+        f"shape {tuple(out.shape)} for input shape {tuple(jnp.shape(x))}.")
   return out.shape[-1]
 
 
@@ -126,7 +126,7 @@ def _validate(logits_fn, x, y, eps, clip_min, clip_max):
   if (_is_concrete(clip_min, clip_max)
       and np.any(np.asarray(clip_min) > np.asarray(clip_max))):
     raise UserError(
-        f'clip_min must be <= clip_max, got [{clip_min}, {clip_max}].')
+        f"clip_min must be <= clip_max, got [{clip_min}, {clip_max}].")
 
 
 def _ce_sum(logits_fn: LogitsFn, x, y):
@@ -180,7 +180,7 @@ def _per_example_l2(v):
 
 def _project(delta, eps, norm):
   """Projects each example's perturbation onto its eps-ball."""
-  if norm == 'linf':
+  if norm == "linf":
     return jnp.clip(delta, -eps, eps)
   # L2: delta * min(1, eps / ||delta||_2), per example.
   n = _per_example_l2(delta)
@@ -194,7 +194,7 @@ def _random_start(rng, x, eps, norm):
   L-inf: delta ~ U[-eps, eps]^d. L2: uniform in the ball, i.e. a uniformly
   random direction (normalised Gaussian) with radius eps * u^(1/d), u ~ U[0,1].
   """
-  if norm == 'linf':
+  if norm == "linf":
     return jax.random.uniform(rng, x.shape, x.dtype, -eps, eps)
   dir_rng, rad_rng = jax.random.split(rng)
   d = x[0].size
@@ -205,7 +205,7 @@ def _random_start(rng, x, eps, norm):
 
 
 def pgd(logits_fn: LogitsFn, x, y, rng, *, eps, step_size, num_steps: int,
-        norm: str = 'linf', targeted: bool = False, random_start: bool = True,
+        norm: str = "linf", targeted: bool = False, random_start: bool = True,
         clip_min: float = -1., clip_max: float = 1.):
   """Projected Gradient Descent (Madry et al. 2018); BIM if random_start=False.
 
@@ -223,12 +223,12 @@ def pgd(logits_fn: LogitsFn, x, y, rng, *, eps, step_size, num_steps: int,
     raise UserError(f"norm must be one of {_NORMS}, got {norm!r}.")
   _validate(logits_fn, x, y, eps, clip_min, clip_max)
   if _is_concrete(step_size) and not np.all(np.asarray(step_size) >= 0):
-    raise UserError(f'step_size must be >= 0, got {step_size}.')
+    raise UserError(f"step_size must be >= 0, got {step_size}.")
   if isinstance(num_steps, int) and num_steps < 0:
-    raise UserError(f'num_steps must be >= 0, got {num_steps}.')
+    raise UserError(f"num_steps must be >= 0, got {num_steps}.")
   if random_start and rng is None:
-    raise UserError('pgd with random_start=True needs a PRNG key rng; pass '
-                    'jax.random.key(seed) or set random_start=False.')
+    raise UserError("pgd with random_start=True needs a PRNG key rng; pass "
+                    "jax.random.key(seed) or set random_start=False.")
 
   direction = -1. if targeted else 1.
   if random_start:
@@ -239,7 +239,7 @@ def pgd(logits_fn: LogitsFn, x, y, rng, *, eps, step_size, num_steps: int,
 
   def body(_, x_adv):
     g = _input_grad(logits_fn, x_adv, y)
-    if norm == 'linf':
+    if norm == "linf":
       step = jnp.sign(g)
     else:
       step = g / jnp.maximum(_per_example_l2(g), 1e-12)
@@ -267,34 +267,34 @@ def _check_label_vector(name, y, batch_size, num_classes=None):
   y_shape = jnp.shape(y)
   if len(y_shape) != 1 or y_shape[0] != batch_size:
     raise UserError(
-        f'{name} must be integer class indices of shape [{batch_size}] (one per '
-        f'example), got shape {tuple(y_shape)}.')
+        f"{name} must be integer class indices of shape [{batch_size}] (one per "
+        f"example), got shape {tuple(y_shape)}.")
   if not jnp.issubdtype(jnp.result_type(y), jnp.integer):
     raise UserError(
-        f'{name} must be integer class indices, got dtype '
-        f'{jnp.result_type(y)}; convert with .astype(jnp.int32).')
+        f"{name} must be integer class indices, got dtype "
+        f"{jnp.result_type(y)}; convert with .astype(jnp.int32).")
   if num_classes is not None and _is_concrete(y) and batch_size > 0:
     y_np = np.asarray(y)
     lo, hi = int(y_np.min()), int(y_np.max())
     if lo < 0 or hi >= num_classes:
       raise UserError(
-          f'{name} must lie in [0, {num_classes}) for {num_classes} classes, '
-          f'got values in [{lo}, {hi}].')
+          f"{name} must lie in [0, {num_classes}) for {num_classes} classes, "
+          f"got values in [{lo}, {hi}].")
 
 
 def _check_nonnegative(**values):
   for name, v in values.items():
     if _is_concrete(v) and not np.all(np.asarray(v) >= 0):
-      raise UserError(f'{name} must be >= 0, got {v}.')
+      raise UserError(f"{name} must be >= 0, got {v}.")
 
 
 def _check_num_steps(num_steps):
   if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
     raise UserError(
-        f'num_steps must be a Python int (it sets the length of the compiled '
-        f'loop), got {num_steps!r}.')
+        f"num_steps must be a Python int (it sets the length of the compiled "
+        f"loop), got {num_steps!r}.")
   if num_steps < 0:
-    raise UserError(f'num_steps must be >= 0, got {num_steps}.')
+    raise UserError(f"num_steps must be >= 0, got {num_steps}.")
 
 
 def _maybe_jit(fn, static_argnums, *args):
@@ -340,10 +340,10 @@ def _unrestricted_core(generate_fn, aux_logits_fn, logits_fn, optimizer,
 
   def forward(params):
     """Per-example loss [B], images, G(z, y_s) and success of an iterate."""
-    generated = generate_fn(params['z'], source)
+    generated = generate_fn(params["z"], source)
     images = generated
     if use_noise:
-      images = jnp.clip(generated + noise_eps * jnp.tanh(params['tau']), -1.,
+      images = jnp.clip(generated + noise_eps * jnp.tanh(params["tau"]), -1.,
                         1.)
     logits = logits_fn(images)
     # The auxiliary classifier judges G(z, y_s) before the pixel noise.
@@ -359,7 +359,7 @@ def _unrestricted_core(generate_fn, aux_logits_fn, logits_fn, optimizer,
       loss0 = _per_example_ce(logits, target)
       fooled = pred == target
     # Soft constraint: mean over latent dims of max((z - z0)^2 - eps_z^2, 0).
-    dz2 = jnp.square(params['z'] - z0)
+    dz2 = jnp.square(params["z"] - z0)
     z_penalty = jnp.mean(jnp.maximum(dz2 - jnp.square(eps_z), 0.), axis=-1)
     aux_loss = _per_example_ce(aux_logits, source)
     loss = loss0 + lambda_z * z_penalty + lambda_aux * aux_loss
@@ -370,10 +370,10 @@ def _unrestricted_core(generate_fn, aux_logits_fn, logits_fn, optimizer,
     loss, _, _, success = forward(params)
     return jnp.sum(loss) / global_batch, success
 
-  params = {'z': z0}
+  params = {"z": z0}
   if use_noise:
     image_shape = jax.eval_shape(generate_fn, z0, source).shape
-    params['tau'] = jnp.zeros(image_shape, jnp.float32)
+    params["tau"] = jnp.zeros(image_shape, jnp.float32)
   opt_state = optimizer.init(params) if optimizer is not None else None
   done = jnp.zeros((batch,), bool)
   first = jnp.full((batch,), -1, jnp.int32)
@@ -392,11 +392,11 @@ def _unrestricted_core(generate_fn, aux_logits_fn, logits_fn, optimizer,
     if langevin:
       std = jnp.sqrt(_LANGEVIN_ETA / (1. + t) ** _LANGEVIN_GAMMA)
       noise = jax.random.normal(jax.random.fold_in(rng, t), z0.shape)
-      grads = dict(grads, z=grads['z'] + std * noise)
+      grads = dict(grads, z=grads["z"] + std * noise)
     if use_noise:
       # tau descends its per-example unit gradient direction.
-      grads = dict(grads, tau=grads['tau'] / jnp.maximum(
-          _per_example_l2(grads['tau']), 1e-12))
+      grads = dict(grads, tau=grads["tau"] / jnp.maximum(
+          _per_example_l2(grads["tau"]), 1e-12))
     if optimizer is None:
       new_params = jax.tree.map(lambda p, g: p - lr * g, params, grads)
     else:
@@ -411,14 +411,14 @@ def _unrestricted_core(generate_fn, aux_logits_fn, logits_fn, optimizer,
   loss, images, generated, success = forward(params)
   first = jnp.where(success & ~done, num_steps, first)
   return {
-      'images': images,
-      'generated': generated,
-      'z': params['z'],
-      'success': done | success,
-      'first_success': first,
-      'loss': loss,
-      'source_labels': source,
-      'target_labels': target,
+      "images": images,
+      "generated": generated,
+      "z": params["z"],
+      "success": done | success,
+      "first_success": first,
+      "loss": loss,
+      "source_labels": source,
+      "target_labels": target,
   }
 
 
@@ -488,53 +488,53 @@ def unrestricted_attack(generate_fn: Callable[[jax.Array, jax.Array],
   z_shape = jnp.shape(z0)
   if len(z_shape) != 2:
     raise UserError(
-        f'z0 must be a [B, D] batch of latent vectors, got shape '
-        f'{tuple(z_shape)}; add a batch axis with z0[None] for one vector.')
+        f"z0 must be a [B, D] batch of latent vectors, got shape "
+        f"{tuple(z_shape)}; add a batch axis with z0[None] for one vector.")
   if not jnp.issubdtype(jnp.result_type(z0), jnp.floating):
     raise UserError(
-        f'z0 must be floating point, got dtype {jnp.result_type(z0)}; convert '
-        f'with z0.astype(jnp.float32).')
+        f"z0 must be floating point, got dtype {jnp.result_type(z0)}; convert "
+        f"with z0.astype(jnp.float32).")
   batch = z_shape[0]
   _check_num_steps(num_steps)
   _check_nonnegative(eps_z=eps_z, learning_rate=learning_rate,
                      lambda_z=lambda_z, lambda_aux=lambda_aux,
                      noise_eps=noise_eps)
-  _check_label_vector('source_labels', source_labels, batch)
+  _check_label_vector("source_labels", source_labels, batch)
   if target_labels is not None:
-    _check_label_vector('target_labels', target_labels, batch)
+    _check_label_vector("target_labels", target_labels, batch)
   if langevin and rng is None:
-    raise UserError('unrestricted_attack with langevin=True needs a PRNG key '
-                    'rng; pass jax.random.key(seed) or set langevin=False.')
-  if optimizer is not None and not (hasattr(optimizer, 'init')
-                                    and hasattr(optimizer, 'update')):
+    raise UserError("unrestricted_attack with langevin=True needs a PRNG key "
+                    "rng; pass jax.random.key(seed) or set langevin=False.")
+  if optimizer is not None and not (hasattr(optimizer, "init")
+                                    and hasattr(optimizer, "update")):
     raise UserError(
-        f'optimizer must be an optax GradientTransformation (e.g. '
-        f'optax.adam(1e-2)) or None, got {type(optimizer).__name__}.')
+        f"optimizer must be an optax GradientTransformation (e.g. "
+        f"optax.adam(1e-2)) or None, got {type(optimizer).__name__}.")
 
   image_struct = _output_shape(
-      generate_fn, 'generate_fn', 'latents z0',
+      generate_fn, "generate_fn", "latents z0",
       "z0 must be [B, D] with the GAN's latent size D (config.model."
-      'latent_dim).', jnp.asarray(z0), jnp.asarray(source_labels))
+      "latent_dim).", jnp.asarray(z0), jnp.asarray(source_labels))
   if len(image_struct.shape) != 4 or image_struct.shape[0] != batch:
     raise UserError(
-        f'generate_fn must map (z [B, D], labels [B]) to [B, H, W, C] images, '
-        f'got output shape {tuple(image_struct.shape)} for B = {batch}.')
-  num_aux = _num_classes(aux_logits_fn, image_struct, name='aux_logits_fn')
+        f"generate_fn must map (z [B, D], labels [B]) to [B, H, W, C] images, "
+        f"got output shape {tuple(image_struct.shape)} for B = {batch}.")
+  num_aux = _num_classes(aux_logits_fn, image_struct, name="aux_logits_fn")
   num_classes = _num_classes(logits_fn, image_struct)
   if target_labels is None and num_classes < 2:
-    raise UserError('an untargeted attack needs a classifier with at least 2 '
-                    f'classes, got {num_classes}.')
-  _check_label_vector('source_labels', source_labels, batch,
+    raise UserError("an untargeted attack needs a classifier with at least 2 "
+                    f"classes, got {num_classes}.")
+  _check_label_vector("source_labels", source_labels, batch,
                       min(num_aux, num_classes))
   if target_labels is not None:
-    _check_label_vector('target_labels', target_labels, batch, num_classes)
+    _check_label_vector("target_labels", target_labels, batch, num_classes)
     if _is_concrete(source_labels, target_labels):
       same = np.flatnonzero(np.asarray(target_labels)
                             == np.asarray(source_labels))
       if same.size:
         raise UserError(
-            f'target_labels equal source_labels for examples '
-            f'{same[:5].tolist()}; a targeted attack needs target != source.')
+            f"target_labels equal source_labels for examples "
+            f"{same[:5].tolist()}; a targeted attack needs target != source.")
 
   # A Python noise_eps decides statically whether tau exists; a traced one
   # keeps tau (harmless: noise_eps = 0 adds nothing).
@@ -562,11 +562,11 @@ def _patch_hw(patch_size, height, width):
         and all(isinstance(s, (int, np.integer)) for s in patch_size)):
     size = (int(patch_size[0]), int(patch_size[1]))
   else:
-    raise UserError(f'patch_size must be an int or a (height, width) pair of '
-                    f'ints, got {patch_size!r}.')
+    raise UserError(f"patch_size must be an int or a (height, width) pair of "
+                    f"ints, got {patch_size!r}.")
   if min(size) < 1 or size[0] > height or size[1] > width:
-    raise UserError(f'patch_size {size} must be >= 1 and fit inside the '
-                    f'{height}x{width} images.')
+    raise UserError(f"patch_size {size} must be >= 1 and fit inside the "
+                    f"{height}x{width} images.")
   return size
 
 
@@ -594,27 +594,27 @@ def apply_patch(images, patch, positions):
   if (len(p_shape) != 3 or p_shape[2] != channels or p_shape[0] > height
       or p_shape[1] > width):
     raise UserError(
-        f'patch must have shape [ph, pw, {channels}] with ph <= {height} and '
-        f'pw <= {width} for images of shape {tuple(jnp.shape(images))}, got '
-        f'{tuple(p_shape)}.')
+        f"patch must have shape [ph, pw, {channels}] with ph <= {height} and "
+        f"pw <= {width} for images of shape {tuple(jnp.shape(images))}, got "
+        f"{tuple(p_shape)}.")
   pos_shape = jnp.shape(positions)
   if pos_shape != (jnp.shape(images)[0], 2):
     raise UserError(
-        f'positions must be an int [B, 2] array of (row, col) corners, one per '
-        f'image, got shape {tuple(pos_shape)}.')
+        f"positions must be an int [B, 2] array of (row, col) corners, one per "
+        f"image, got shape {tuple(pos_shape)}.")
   if not jnp.issubdtype(jnp.result_type(positions), jnp.integer):
-    raise UserError(f'positions must be integers, got dtype '
-                    f'{jnp.result_type(positions)}.')
+    raise UserError(f"positions must be integers, got dtype "
+                    f"{jnp.result_type(positions)}.")
   if _is_concrete(positions) and pos_shape[0] > 0:
     pos = np.asarray(positions)
     max_row, max_col = height - p_shape[0], width - p_shape[1]
     if (pos.min() < 0 or pos[:, 0].max() > max_row
         or pos[:, 1].max() > max_col):
       raise UserError(
-          f'patch positions must lie in [0, {max_row}] x [0, {max_col}] so the '
-          f'{p_shape[0]}x{p_shape[1]} patch fits, got rows in '
-          f'[{pos[:, 0].min()}, {pos[:, 0].max()}] and columns in '
-          f'[{pos[:, 1].min()}, {pos[:, 1].max()}].')
+          f"patch positions must lie in [0, {max_row}] x [0, {max_col}] so the "
+          f"{p_shape[0]}x{p_shape[1]} patch fits, got rows in "
+          f"[{pos[:, 0].min()}, {pos[:, 0].max()}] and columns in "
+          f"[{pos[:, 1].min()}, {pos[:, 1].max()}].")
   patch = jnp.asarray(patch, jnp.result_type(images))
   positions = jnp.asarray(positions, jnp.int32)
 
@@ -633,35 +633,35 @@ def _collect_images(images_iter_or_array):
   """
   data = images_iter_or_array
   if isinstance(data, dict):
-    data = data.get('image')
-  if data is not None and hasattr(data, 'shape'):
+    data = data.get("image")
+  if data is not None and hasattr(data, "shape"):
     return jnp.asarray(data)
   try:
     batches = []
     for item in data:
       if isinstance(item, dict):
-        item = item['image']
+        item = item["image"]
       elif isinstance(item, (tuple, list)):
         item = item[0]
       batches.append(np.asarray(item))
   except (TypeError, KeyError) as e:
     raise UserError(
-        f'train_patch needs images as an array [N, H, W, C] or an iterable of '
+        f"train_patch needs images as an array [N, H, W, C] or an iterable of "
         f'image batches (arrays or {{"image": ...}} dicts), got '
-        f'{type(images_iter_or_array).__name__} ({e}).') from None
+        f"{type(images_iter_or_array).__name__} ({e}).") from None
   if not batches:
-    raise UserError('train_patch got no images: the iterable was empty.')
+    raise UserError("train_patch got no images: the iterable was empty.")
   return jnp.asarray(np.concatenate(batches, axis=0))
 
 
 def _check_target_label(target_label, num_classes):
   if jnp.shape(target_label) != () or not jnp.issubdtype(
       jnp.result_type(target_label), jnp.integer):
-    raise UserError(f'target_label must be one integer class index, got '
-                    f'{target_label!r}.')
+    raise UserError(f"target_label must be one integer class index, got "
+                    f"{target_label!r}.")
   if _is_concrete(target_label) and not 0 <= int(target_label) < num_classes:
-    raise UserError(f'target_label must lie in [0, {num_classes}) for a '
-                    f'{num_classes}-class classifier, got {int(target_label)}.')
+    raise UserError(f"target_label must lie in [0, {num_classes}) for a "
+                    f"{num_classes}-class classifier, got {int(target_label)}.")
 
 
 def _train_patch_core(logits_fn, patch_hw, num_steps, batch_size, images,
@@ -690,7 +690,7 @@ def _train_patch_core(logits_fn, patch_hw, num_steps, batch_size, images,
 
   (w, _), losses = jax.lax.scan(step, (w, opt.init(w)),
                                 jnp.arange(num_steps, dtype=jnp.int32))
-  return {'patch': jnp.tanh(w), 'loss': losses}
+  return {"patch": jnp.tanh(w), "loss": losses}
 
 
 def train_patch(logits_fn: LogitsFn, images_iter_or_array, target_label, rng,
@@ -720,17 +720,17 @@ def train_patch(logits_fn: LogitsFn, images_iter_or_array, target_label, rng,
   check_attack_inputs(images)
   num_images, height, width, _ = images.shape
   if num_images == 0:
-    raise UserError('train_patch got no images (N = 0).')
+    raise UserError("train_patch got no images (N = 0).")
   patch_hw = _patch_hw(patch_size, height, width)
   _check_num_steps(num_steps)
   if (isinstance(batch_size, bool) or not isinstance(batch_size,
                                                      (int, np.integer))
       or batch_size < 1):
-    raise UserError(f'batch_size must be a positive int, got {batch_size!r}.')
+    raise UserError(f"batch_size must be a positive int, got {batch_size!r}.")
   _check_nonnegative(learning_rate=learning_rate)
   if rng is None:
-    raise UserError('train_patch needs a PRNG key rng; pass '
-                    'jax.random.key(seed).')
+    raise UserError("train_patch needs a PRNG key rng; pass "
+                    "jax.random.key(seed).")
   _check_target_label(target_label, _num_classes(logits_fn, images[:1]))
   return _maybe_jit(_train_patch_core, (0, 1, 2, 3), logits_fn, patch_hw,
                     int(num_steps), int(batch_size), images,
@@ -752,12 +752,12 @@ def evaluate_patch(logits_fn: LogitsFn, images, patch, target_label, rng, *,
   if labels is not None:
     check_attack_inputs(images, labels, num_classes=num_classes)
   if rng is None:
-    raise UserError('evaluate_patch needs a PRNG key rng for the random patch '
-                    'positions; pass jax.random.key(seed).')
+    raise UserError("evaluate_patch needs a PRNG key rng for the random patch "
+                    "positions; pass jax.random.key(seed).")
   batch, height, width, _ = jnp.shape(images)
   p_shape = jnp.shape(patch)
   if len(p_shape) != 3:
-    raise UserError(f'patch must have shape [ph, pw, C], got {tuple(p_shape)}.')
+    raise UserError(f"patch must have shape [ph, pw, C], got {tuple(p_shape)}.")
   positions = _random_positions(rng, batch, (height, width), p_shape[:2])
   patched = apply_patch(images, patch, positions)
   hit = jnp.argmax(logits_fn(patched), axis=-1) == target_label
@@ -777,11 +777,11 @@ def _takes_labels(attack_fn) -> bool:
     params = inspect.signature(attack_fn).parameters
   except (TypeError, ValueError):
     return True
-  if 'y' in params:
+  if "y" in params:
     return True
   positional = [name for name, p in params.items()
                 if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-  return len(positional) >= 3 and positional[2] != 'eps'
+  return len(positional) >= 3 and positional[2] != "eps"
 
 
 def _black_box_predict(target_predict_fn, x):
@@ -799,8 +799,8 @@ def _black_box_predict(target_predict_fn, x):
       out = out.argmax(axis=-1)
     if out.shape != (batch,):
       raise UserError(
-          f'target_predict_fn must return labels [B] or scores [B, K] for B = '
-          f'{batch}, got shape {out.shape}.')
+          f"target_predict_fn must return labels [B] or scores [B, K] for B = "
+          f"{batch}, got shape {out.shape}.")
     return out.astype(np.int32)
 
   if _is_concrete(x):
@@ -846,8 +846,8 @@ def transfer_attack(attack_fn: Callable[..., jax.Array],
 
   sub_pred = jnp.argmax(substitute_logits_fn(x_adv), axis=-1)
   return {
-      'images': x_adv,
-      'target_error_clean': error(_black_box_predict(target_predict_fn, x)),
-      'target_error_adv': error(_black_box_predict(target_predict_fn, x_adv)),
-      'substitute_error_adv': error(sub_pred),
+      "images": x_adv,
+      "target_error_clean": error(_black_box_predict(target_predict_fn, x)),
+      "target_error_adv": error(_black_box_predict(target_predict_fn, x_adv)),
+      "substitute_error_adv": error(sub_pred),
   }

@@ -10,9 +10,12 @@ only what it changes.
 import ml_collections
 
 from advjax import adversarial_training as adversarial_training_lib
+from advjax import adversaries
 from advjax import checkpoints
+from advjax import config_utils
 from advjax import optimizers
 from advjax import settings
+from advjax.errors import UserError
 from advjax.trainers import cyclegan as cyclegan_trainer
 from advjax.trainers import gan as gan_trainer
 
@@ -70,3 +73,21 @@ def adversarial_training(mode: str = "none",
   """`config.adversarial_training`: the mixing settings and every
   adversary's settings under its name (`advjax.adversarial_training`)."""
   return adversarial_training_lib.default_block(mode, **fields)
+
+
+def study_classifier(base: str, mode: str, *,
+                     gan_workdir: str) -> ml_collections.ConfigDict:
+  """A classifier of the study (experiments/study.py): config `base` trained
+  in `mode` ('none' or an adversary that trains), with `eval`: accuracy on
+  `gan_samples` class-balanced samples of the AC-GAN in `eval.gan_workdir`,
+  logged while training (the study sets it)."""
+  if mode not in adversaries.training_modes():
+    raise UserError(f"study mode {mode!r} is not one of "
+                    f"{adversaries.training_modes()}; pass it as "
+                    f"--config=<this file>:<mode>")
+  config = config_utils.base(base)
+  config.adversarial_training = adversarial_training(
+      mode, gan_workdir=gan_workdir)
+  config.eval = ml_collections.ConfigDict(dict(gan_workdir="",
+                                               gan_samples=1000))
+  return config

@@ -18,22 +18,12 @@ placeholder). unrestricted runs 500 latent steps per batch (Song et al.
 
 import ml_collections
 
-from advjax import adversaries, config_utils
-from advjax.errors import UserError
+from advjax import config_utils
 
 common = config_utils.sibling("common")
 
 
 def get_config(mode: str = "none") -> ml_collections.ConfigDict:
-  if mode not in adversaries.training_modes():
-    raise UserError(f"study mode {mode!r} is not one of "
-                    f"{adversaries.training_modes()}; pass it as "
-                    f"--config=<this file>:<mode>")
-  config = config_utils.base("densenet_cifar100")
-  config.adversarial_training = common.adversarial_training(
-      mode, gan_workdir="/tmp/advjax/acgan_cifar100")  # placeholder path
-  # Accuracy on gan_samples class-balanced samples of the AC-GAN in
-  # eval.gan_workdir, logged while training (experiments/study.py sets it).
-  config.eval = ml_collections.ConfigDict(dict(gan_workdir="",
-                                               gan_samples=1000))
-  return config
+  return common.study_classifier(
+      "densenet_cifar100", mode,
+      gan_workdir="/tmp/advjax/acgan_cifar100")  # placeholder path

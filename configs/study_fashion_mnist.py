@@ -26,33 +26,24 @@ auxiliary classifier). Times measured here: see experiments/results/.
 
 import ml_collections
 
-from advjax import adversaries, config_utils
-from advjax.errors import UserError
+from advjax import config_utils
 
 common = config_utils.sibling("common")
 
 
 def get_config(mode: str = "none") -> ml_collections.ConfigDict:
-  if mode not in adversaries.training_modes():
-    raise UserError(f"study mode {mode!r} is not one of "
-                    f"{adversaries.training_modes()}; pass it as "
-                    f"--config=<this file>:<mode>")
-  config = config_utils.base("quickstart")
+  config = common.study_classifier("quickstart", mode,
+                                   gan_workdir="/tmp/advjax/gan")
   config.num_epochs = 1.0
   config.log_every_steps = 25
-  # Test accuracy and accuracy on AC-GAN samples (with eval.gan_workdir set,
-  # as experiments/study.py does) every 50 steps: the curves of the study.
+  # Test accuracy and accuracy on AC-GAN samples every 50 steps: the curves
+  # of the study.
   config.eval_every_steps = 50
-  adv = common.adversarial_training(mode, gan_workdir="/tmp/advjax/gan")
+  adv = config.adversarial_training
   adv.fgsm.eps = adv.pgd.eps = 0.2
   adv.pgd.num_steps = 3
   adv.pgd.rel_step_size = 0.5
   if mode == "unrestricted":
     adv.unrestricted.num_steps = 8
     adv.unrestricted.learning_rate = 16.0
-  config.adversarial_training = adv
-  # Accuracy on gan_samples class-balanced samples of the AC-GAN in
-  # eval.gan_workdir, logged while training (experiments/study.py sets it).
-  config.eval = ml_collections.ConfigDict(dict(gan_workdir="",
-                                               gan_samples=1000))
   return config
