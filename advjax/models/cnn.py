@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from advjax.errors import UserError
 from advjax.example_rng import ExampleDropout
+from advjax.models.conv import Conv
 from advjax.models.registry import register
 
 _he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -53,8 +54,8 @@ class SmallCNN(nn.Module):
     x = x.astype(self.dtype)
     for i, width in enumerate(self.widths):
       for j in range(self.convs_per_stage):
-        x = nn.Conv(width, (3, 3), use_bias=False, dtype=self.dtype,
-                    kernel_init=_he_normal, name=f"conv{i}_{j}")(x)
+        x = Conv(width, (3, 3), use_bias=False, dtype=self.dtype,
+                 kernel_init=_he_normal, name=f"conv{i}_{j}")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                          epsilon=1e-5, axis_name=self.axis_name,
                          dtype=self.dtype, name=f"bn{i}_{j}")(x)

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from advjax.errors import UserError
 from advjax.example_rng import ExampleDropout
+from advjax.models.conv import Conv
 from advjax.models.registry import register
 
 _he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -77,7 +78,7 @@ class DenseNet(nn.Module):
     mutable=['batch_stats']) and enables dropout (rng collection 'dropout').
     """
     n_layers = layers_per_block(self.depth, self.bottleneck)
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+    conv = functools.partial(Conv, use_bias=False, dtype=self.dtype,
                              param_dtype=jnp.float32, kernel_init=_he_normal)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=0.9, epsilon=1e-5,
