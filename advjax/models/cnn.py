@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from advjax.errors import UserError
 from advjax.example_rng import ExampleDropout
 from advjax.models.conv import Conv
+from advjax.models.pooling import max_pool
 from advjax.models.registry import register
 
 _he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -60,7 +61,7 @@ class SmallCNN(nn.Module):
                          epsilon=1e-5, axis_name=self.axis_name,
                          dtype=self.dtype, name=f"bn{i}_{j}")(x)
         x = nn.relu(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = max_pool(x, (2, 2))
     x = x.reshape((x.shape[0], -1))
     x = nn.Dense(self.hidden, dtype=self.dtype, name="hidden")(x)
     features = nn.relu(x)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from advjax.errors import UserError
 from advjax.example_rng import ExampleDropout
 from advjax.models.conv import Conv
+from advjax.models.pooling import mean_pool
 from advjax.models.registry import register
 
 _he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -106,7 +107,7 @@ class DenseNet(nn.Module):
         channels = int(x.shape[-1] * self.compression)
         x = nn.relu(norm(name=f"transition{block}_bn")(x))
         x = dropout(conv(channels, (1, 1), name=f"transition{block}_conv")(x))
-        x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+        x = mean_pool(x, (2, 2))
     x = nn.relu(norm(name="final_bn")(x))
     features = jnp.mean(x, axis=(1, 2))
     logits = nn.Dense(self.num_classes, dtype=self.dtype,

@@ -38,6 +38,7 @@ import ml_collections
 from advjax.errors import UserError
 from advjax.models import registry
 from advjax.models.conv import Conv, ConvTranspose
+from advjax.models.pooling import mean_pool
 from advjax.models.layers import (ConditionalBatchNorm,
                                   MinibatchDiscrimination, VirtualBatchNorm)
 
@@ -331,7 +332,7 @@ def _upsample2(x):
 
 
 def _meanpool2(x):
-  return nn.avg_pool(x, (2, 2), strides=(2, 2))
+  return mean_pool(x, (2, 2))
 
 
 class _GenBlock(nn.Module):
