@@ -29,6 +29,9 @@ where "rest" pads the far side so that dx has x's size and dw has w's
 (Dumoulin & Visin 2016, "A guide to convolution arithmetic for deep
 learning", Sec. 4).
 
+1x1 convolutions (no padding or input dilation) are matrix products over the
+channels, whose gradients are matrix products as well.
+
 `Conv` is `flax.linen.Conv` with this convolution (same parameters, same
 names); `ConvTranspose` mirrors `flax.linen.ConvTranspose` (parameters
 'kernel' [Kh, Kw, C, O] and 'bias' [O]) for the default
@@ -182,7 +185,19 @@ def conv_general_dilated(lhs, rhs, window_strides: Sequence[int],
     k_hw = [_dilated(k, d) for k, d in zip(jnp.shape(rhs)[:2], rhs_dil)]
     padding = lax.padtype_to_pads(in_hw, k_hw, strides, padding)
   pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+  if jnp.shape(rhs)[:2] == (1, 1) and lhs_dil == ones and pads == ((0, 0),) * 2:
+    return _pointwise(lhs, rhs, strides, precision)
   return _conv(lhs, rhs, strides, pads, lhs_dil, rhs_dil, precision)
+
+
+def _pointwise(x, w, strides, precision):
+  """A 1x1 convolution as a matrix product over the channels. Its gradients
+  are matrix products too: the kernel gradient contracts batch and space
+  directly, without the transposes and the H x W-sized window that a
+  convolution-shaped kernel gradient needs."""
+  x = x[:, ::strides[0], ::strides[1]]
+  return lax.dot_general(x, w[0, 0], (((3,), (0,)), ((), ())),
+                         precision=precision)
 
 
 Conv = functools.partial(nn.Conv, conv_general_dilated=conv_general_dilated)
