@@ -9,14 +9,15 @@ strides (k x k pooling with stride k, 'VALID'), pooling is a reshape to
 [B, H/k, k, W/k, k, C] and a max or mean over the two window axes, whose
 gradients are elementwise and fuse with their neighbours.
 
-Outputs are identical to flax's. Gradients are identical for the mean; for
-the max, flax sends a window's gradient to the first of several equal maxima
-and this version splits it evenly among them (the usual subgradient of max;
-the two differ only on exact ties).
+Outputs and gradients are identical to flax's: the max's gradient goes to
+the first maximum of each window (its own VJP compares each window position
+with the maximum; jnp.max's own gradient would split ties and needs a
+reduction).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
@@ -32,9 +33,40 @@ def _windows(x: jax.Array, window: Sequence[int]) -> jax.Array:
   return x.reshape(b, h // kh, kh, w // kw, kw, c)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def max_pool(x: jax.Array, window: Sequence[int] = (2, 2)) -> jax.Array:
   """`nn.max_pool(x, window, strides=window)` ('VALID'), NHWC."""
   return jnp.max(_windows(x, window), axis=(2, 4))
+
+
+def _max_pool_fwd(x, window):
+  y = max_pool(x, window)
+  return y, (x, y)
+
+
+def _max_pool_bwd(window, residuals, g):
+  """Each window's gradient goes to its first maximum in row-major order
+  (what flax's select-and-scatter gradient does), with one comparison per
+  window position instead of a scatter."""
+  x, y = residuals
+  xw = _windows(x, window)
+  taken = jnp.zeros(y.shape, bool)
+  rows = []
+  for i in range(window[0]):
+    cols = []
+    for j in range(window[1]):
+      hit = (xw[:, :, i, :, j] == y) & ~taken
+      taken = taken | hit
+      cols.append(jnp.where(hit, g, jnp.zeros_like(g)))
+    rows.append(jnp.stack(cols, axis=3))
+  dx = jnp.stack(rows, axis=2).reshape(xw.shape[0], -1, xw.shape[3] * window[1],
+                                       x.shape[-1])
+  pad = ((0, 0), (0, x.shape[1] - dx.shape[1]), (0, x.shape[2] - dx.shape[2]),
+         (0, 0))
+  return (jnp.pad(dx, pad),)
+
+
+max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 def mean_pool(x: jax.Array, window: Sequence[int] = (2, 2)) -> jax.Array:
