@@ -94,6 +94,11 @@ class DenseNet(nn.Module):
     channels = 2 * k if self.bottleneck else 16
     x = conv(channels, (3, 3), name="stem")(x)
     for block in range(3):
+      # Each layer concatenates the block input and all earlier outputs
+      # itself. (Concatenating onto the previous layer's input instead makes
+      # the gradient of the block input a chain through every layer, which
+      # XLA fuses into, and recomputes in, each consumer.)
+      pieces = [x]
       for layer in range(n_layers):
         name = f"block{block}_layer{layer}"
         y = x
@@ -102,7 +107,8 @@ class DenseNet(nn.Module):
           y = dropout(conv(4 * k, (1, 1), name=f"{name}_conv1")(y))
         y = nn.relu(norm(name=f"{name}_bn2")(y))
         y = dropout(conv(k, (3, 3), name=f"{name}_conv2")(y))
-        x = jnp.concatenate([x, y], axis=-1)
+        pieces.append(y)
+        x = jnp.concatenate(pieces, axis=-1)
       if block < 2:
         channels = int(x.shape[-1] * self.compression)
         x = nn.relu(norm(name=f"transition{block}_bn")(x))
