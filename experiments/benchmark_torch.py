@@ -5,9 +5,11 @@ an equivalent PyTorch implementation (experiments/torch_reference/, run in
 the test-only venv .ci/torch-venv) with advjax's initial weights copied in.
 Rounds alternate between the two (ABBA order), each in a fresh process that
 warms up and then times `--steps` calls; a round's figure is its median, the
-result the median over rounds. Prints per workload: ms per call for both,
-the speed ratio (PyTorch ms / advjax ms: above 1 means advjax is faster),
-advjax's compile time, and the load average before and after.
+result the median over rounds. Prints per workload: wall-clock ms per call
+for both, the speed ratio (PyTorch ms / advjax ms: above 1 means advjax is
+faster), advjax's compile time, the load average before and after, and the
+same for process CPU time per call (all threads; less sensitive than wall
+time to other processes on a shared machine, but it counts busy-waiting).
 
   python experiments/benchmark_torch.py                     # every workload
   python experiments/benchmark_torch.py --workloads=fgsm,pgd10 --rounds=7
@@ -399,12 +401,18 @@ def run_jax_worker(name: str, steps: int, export_path: str) -> dict:
     with open(export_path + ".json", "w") as f:
       json.dump(built.spec, f)
   built.call()  # warm-up
-  times = []
+  return {**time_calls(built.call, steps), "compile_s": built.compile_s}
+
+
+def time_calls(call: Callable[[], Any], steps: int) -> dict[str, list[float]]:
+  """Wall-clock and process CPU milliseconds of each of `steps` calls."""
+  wall, cpu = [], []
   for _ in range(steps):
-    start = time.perf_counter()
-    built.call()
-    times.append(1000 * (time.perf_counter() - start))
-  return {"ms": times, "compile_s": built.compile_s}
+    start, start_cpu = time.perf_counter(), time.process_time()
+    call()
+    wall.append(1000 * (time.perf_counter() - start))
+    cpu.append(1000 * (time.process_time() - start_cpu))
+  return {"ms": wall, "cpu_ms": cpu}
 
 
 def _worker_cmd(side: str, name: str, steps: int, export_path: str,
@@ -433,13 +441,15 @@ def compare(name: str, rounds: int, steps: int, threads: int, tmp: str
   """Alternating rounds (ABBA) of both sides; medians and load averages."""
   export_path = os.path.join(tmp, f"{name}.npz")
   load_before = os.getloadavg()[0]
-  result = {"advjax": [], "torch": [], "compile_s": []}
+  result = {"advjax": [], "torch": [], "advjax_cpu": [], "torch_cpu": [],
+            "compile_s": []}
   # advjax runs first once: it writes the weights PyTorch loads.
   order = ["advjax", "torch"]
   for r in range(rounds):
     for side in (order if r % 2 == 0 else order[::-1]):
       out = _run_worker(_worker_cmd(side, name, steps, export_path, threads))
       result[side].append(float(np.median(out["ms"])))
+      result[side + "_cpu"].append(float(np.median(out["cpu_ms"])))
       if side == "advjax":
         result["compile_s"].append(out["compile_s"])
   result["load"] = (load_before, os.getloadavg()[0])
@@ -467,15 +477,18 @@ def main():
         f"{args.steps} timed calls per workload; speed = PyTorch ms / "
         f"advjax ms", flush=True)
   print(f"{'workload':<16} {'advjax ms':>10} {'torch ms':>10} {'speed':>6} "
-        f"{'compile s':>9} {'load before/after':>18}", flush=True)
+        f"{'compile s':>9} {'load before/after':>18} {'cpu ms advjax':>14} "
+        f"{'torch':>8} {'speed':>6}", flush=True)
   with tempfile.TemporaryDirectory() as tmp:
     for name in args.workloads.split(","):
       name = name.strip()
       r = compare(name, args.rounds, args.steps, args.threads, tmp)
-      jax_ms, torch_ms = np.median(r["advjax"]), np.median(r["torch"])
-      print(f"{name:<16} {jax_ms:>10.1f} {torch_ms:>10.1f} "
-            f"{torch_ms / jax_ms:>5.2f}x {np.median(r['compile_s']):>9.1f} "
-            f"{r['load'][0]:>8.2f} / {r['load'][1]:<7.2f}", flush=True)
+      med = {k: float(np.median(v)) for k, v in r.items() if k != "load"}
+      print(f"{name:<16} {med['advjax']:>10.1f} {med['torch']:>10.1f} "
+            f"{med['torch'] / med['advjax']:>5.2f}x {med['compile_s']:>9.1f} "
+            f"{r['load'][0]:>8.2f} / {r['load'][1]:<7.2f} "
+            f"{med['advjax_cpu']:>14.1f} {med['torch_cpu']:>8.1f} "
+            f"{med['torch_cpu'] / med['advjax_cpu']:>5.2f}x", flush=True)
 
 
 if __name__ == "__main__":
