@@ -155,13 +155,14 @@ def build_classifier_train(w: dict[str, Any], config) -> Built:
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
-  from advjax import parallel, train  # pylint: disable=g-import-not-at-top
+  from advjax import parallel  # pylint: disable=g-import-not-at-top
+  from advjax.trainers import classifier  # pylint: disable=g-import-not-at-top
   config.batch_size = w["batch"]
   model, _, data, spec, info = _classifier(config, w["batch"])
-  state0 = train.create_train_state(config, model, info.image_shape,
-                                    jax.random.key(0), 1000)
+  state0 = classifier.create_train_state(config, model, info.image_shape,
+                                         jax.random.key(0), 1000)
   mesh = parallel.make_mesh()
-  step = parallel.data_parallel(train.train_step, mesh,
+  step = parallel.data_parallel(classifier.train_step, mesh,
                                 in_specs=(P(), P(parallel.AXIS), P()),
                                 out_specs=(P(), P()), donate_argnums=(0,))
   rng = jax.random.key(1)
@@ -227,12 +228,11 @@ def build_input_attack(w: dict[str, Any], config) -> Built:
 
 
 def _gan_variables(gan_config, num_classes: int, image_shape):
-  """The GAN's models and initial variables (gan_train's initialisation)."""
+  """The GAN's initial state (the GAN trainer's initialisation)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from advjax import gan_train  # pylint: disable=g-import-not-at-top
-  state = gan_train.create_train_state(gan_config, num_classes, image_shape,
-                                       jax.random.key(3), 1000)
-  return state
+  from advjax.trainers import gan  # pylint: disable=g-import-not-at-top
+  return gan.create_train_state(gan_config, num_classes, image_shape,
+                                jax.random.key(3), 1000)
 
 
 def build_latent_attack(w: dict[str, Any], config) -> Built:
@@ -250,8 +250,8 @@ def build_latent_attack(w: dict[str, Any], config) -> Built:
 
   def attack(variables, g_vars, d_vars, z0, y, rng):
     return attacks.unrestricted_attack(
-        lambda z, labels: gan.generator.apply(g_vars, z, labels, train=False),
-        lambda x: gan.discriminator.apply(d_vars, x, None,
+        lambda z, labels: gan.players.generator.apply(g_vars, z, labels, train=False),
+        lambda x: gan.players.discriminator.apply(d_vars, x, None,
                                           train=False)["logits"],
         functools.partial(model.apply, variables, train=False),
         z0, y, rng, num_steps=w["num_steps"], **{k: w[k] for k in names})
@@ -277,20 +277,20 @@ def build_latent_attack(w: dict[str, Any], config) -> Built:
 
 
 def build_wgan_gp_train(w: dict[str, Any], config) -> Built:
-  """gan_train.train_step of an AC-WGAN-GP config (Wasserstein loss with
+  """advjax.trainers.gan's train step of an AC-WGAN-GP config (Wasserstein loss with
   gradient penalty, AC-GAN terms on real images and generator fakes)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from jax.sharding import PartitionSpec as P  # pylint: disable=g-import-not-at-top
-  from advjax import gan_train, input_pipeline, parallel  # pylint: disable=g-import-not-at-top
+  from advjax import input_pipeline, parallel  # pylint: disable=g-import-not-at-top
+  from advjax.trainers import gan  # pylint: disable=g-import-not-at-top
   info = input_pipeline.get_dataset_info(config.dataset.name)
   config.batch_size = w["batch"]
   k, n = int(config.gan.critic_steps), w["batch"]
   state0 = _gan_variables(config, info.num_classes, info.image_shape)
   mesh = parallel.make_mesh()
   step = parallel.data_parallel(
-      functools.partial(gan_train.train_step, config=config,
-                        num_classes=info.num_classes), mesh,
+      gan.make_train_step(config, info.num_classes), mesh,
       in_specs=(P(), P(parallel.AXIS), P()), out_specs=(P(), P()),
       donate_argnums=(0,))
   gen = np.random.default_rng(0)
@@ -336,8 +336,8 @@ def wgan_gp_reference(state0, config, data) -> dict[str, np.ndarray]:
   from advjax import losses  # pylint: disable=g-import-not-at-top
   g, opt = config.gan, config.d_optimizer
   # The same models outside shard_map (no cross-device BatchNorm axis).
-  gen = state0.generator.clone(axis_name=None)
-  critic = state0.discriminator.clone(axis_name=None)
+  gen = state0.players.generator.clone(axis_name=None)
+  critic = state0.players.discriminator.clone(axis_name=None)
   g_state = state0.g_state
   real, y = data["image"], data["label"]
   z, e = data["z_d"][0], data["e"][0][:, None, None, None]

@@ -113,7 +113,7 @@ class DenseNet(nn.Module):
         channels = int(x.shape[-1] * self.compression)
         x = nn.relu(norm(name=f"transition{block}_bn")(x))
         project = conv(channels, (1, 1), name=f"transition{block}_conv")
-        if self.dropout_rate:
+        if self.dropout_rate and train:
           x = mean_pool(dropout(project(x)), (2, 2))
         else:  # a 1x1 conv commutes with mean pooling: pool first (4x less)
           x = project(mean_pool(x, (2, 2)))

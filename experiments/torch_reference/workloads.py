@@ -178,9 +178,10 @@ def latent_step(spec, variables, data):
 
 
 def wgan_gp_step(spec, variables, data):
-  """gan_train.train_step for the AC-WGAN-GP: k critic updates (Wasserstein
-  loss, gradient penalty, AC-GAN term on real images), then one generator
-  update (Wasserstein + AC-GAN term on its fakes); Adam for both."""
+  """advjax.trainers.gan.train_step for the AC-WGAN-GP: k critic updates
+  (Wasserstein loss, gradient penalty, AC-GAN term on real images), then one
+  generator update (Wasserstein + AC-GAN term on its fakes); Adam for
+  both."""
   gen = load(spec["generator"], variables, "generator").train()
   critic = load(spec["discriminator"], variables, "discriminator").train()
   opt = spec["optimizer"]
