@@ -13,6 +13,8 @@ import jax.numpy as jnp
 
 from advjax.errors import UserError
 from advjax.example_rng import ExampleDropout
+from advjax.models.conv import Conv
+from advjax.models.pooling import max_pool
 from advjax.models.registry import register
 
 _he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -53,13 +55,13 @@ class SmallCNN(nn.Module):
     x = x.astype(self.dtype)
     for i, width in enumerate(self.widths):
       for j in range(self.convs_per_stage):
-        x = nn.Conv(width, (3, 3), use_bias=False, dtype=self.dtype,
-                    kernel_init=_he_normal, name=f"conv{i}_{j}")(x)
+        x = Conv(width, (3, 3), use_bias=False, dtype=self.dtype,
+                 kernel_init=_he_normal, name=f"conv{i}_{j}")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                          epsilon=1e-5, axis_name=self.axis_name,
                          dtype=self.dtype, name=f"bn{i}_{j}")(x)
         x = nn.relu(x)
-      x = nn.max_pool(x, (2, 2), strides=(2, 2))
+      x = max_pool(x, (2, 2))
     x = x.reshape((x.shape[0], -1))
     x = nn.Dense(self.hidden, dtype=self.dtype, name="hidden")(x)
     features = nn.relu(x)

@@ -23,6 +23,8 @@ import jax.numpy as jnp
 
 from advjax.models import registry
 
+from advjax.models.conv import Conv, ConvTranspose
+
 
 def _reflect_pad(x: jax.Array, p: int) -> jax.Array:
   if p == 0:
@@ -43,10 +45,10 @@ class ResidualBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     c = x.shape[-1]
-    y = nn.Conv(c, (3, 3), padding="VALID", dtype=self.dtype)(
+    y = Conv(c, (3, 3), padding="VALID", dtype=self.dtype)(
         _reflect_pad(x, 1))
     y = nn.relu(_norm(self.dtype)(y))
-    y = nn.Conv(c, (3, 3), padding="VALID", dtype=self.dtype)(
+    y = Conv(c, (3, 3), padding="VALID", dtype=self.dtype)(
         _reflect_pad(y, 1))
     return x + _norm(self.dtype)(y)
 
@@ -64,22 +66,22 @@ class ResNetTranslator(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train  # Instance norm behaves the same in training and inference.
     h, w = x.shape[1:3]
-    x = nn.Conv(self.width, (7, 7), padding="VALID", dtype=self.dtype)(
+    x = Conv(self.width, (7, 7), padding="VALID", dtype=self.dtype)(
         _reflect_pad(x, 3))
     x = nn.relu(_norm(self.dtype)(x))
     for i in range(self.num_downsample):
-      x = nn.Conv(self.width * 2 ** (i + 1), (3, 3), strides=(2, 2),
-                  padding=((1, 1), (1, 1)), dtype=self.dtype)(x)
+      x = Conv(self.width * 2 ** (i + 1), (3, 3), strides=(2, 2),
+               padding=((1, 1), (1, 1)), dtype=self.dtype)(x)
       x = nn.relu(_norm(self.dtype)(x))
     for _ in range(self.num_blocks):
       x = ResidualBlock(dtype=self.dtype)(x)
     for i in reversed(range(self.num_downsample)):
-      x = nn.ConvTranspose(self.width * 2 ** i, (3, 3), strides=(2, 2),
-                           padding="SAME", dtype=self.dtype)(x)
+      x = ConvTranspose(self.width * 2 ** i, (3, 3), strides=(2, 2),
+                        padding="SAME", dtype=self.dtype)(x)
       x = nn.relu(_norm(self.dtype)(x))
     x = x[:, :h, :w]  # odd sizes: 2 * ceil(n / 2) may exceed n
-    x = nn.Conv(self.out_channels, (7, 7), padding="VALID",
-                dtype=self.dtype)(_reflect_pad(x, 3))
+    x = Conv(self.out_channels, (7, 7), padding="VALID",
+             dtype=self.dtype)(_reflect_pad(x, 3))
     return jnp.tanh(x.astype(jnp.float32))
 
 
@@ -93,16 +95,16 @@ class PatchDiscriminator(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train
-    x = nn.Conv(self.width, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
-                dtype=self.dtype)(x)
+    x = Conv(self.width, (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
+             dtype=self.dtype)(x)
     x = nn.leaky_relu(x, 0.2)
     for i in range(1, self.num_layers + 1):
       stride = 2 if i < self.num_layers else 1
-      x = nn.Conv(self.width * 2 ** min(i, 3), (4, 4),
-                  strides=(stride, stride), padding=((1, 1), (1, 1)),
-                  dtype=self.dtype)(x)
+      x = Conv(self.width * 2 ** min(i, 3), (4, 4),
+               strides=(stride, stride), padding=((1, 1), (1, 1)),
+               dtype=self.dtype)(x)
       x = nn.leaky_relu(_norm(self.dtype)(x), 0.2)
-    x = nn.Conv(1, (4, 4), padding=((1, 1), (1, 1)), dtype=self.dtype)(x)
+    x = Conv(1, (4, 4), padding=((1, 1), (1, 1)), dtype=self.dtype)(x)
     return x.astype(jnp.float32)
 
 

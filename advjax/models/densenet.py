@@ -18,6 +18,8 @@ import jax.numpy as jnp
 
 from advjax.errors import UserError
 from advjax.example_rng import ExampleDropout
+from advjax.models.conv import Conv
+from advjax.models.pooling import mean_pool
 from advjax.models.registry import register
 
 _he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "normal")
@@ -77,7 +79,7 @@ class DenseNet(nn.Module):
     mutable=['batch_stats']) and enables dropout (rng collection 'dropout').
     """
     n_layers = layers_per_block(self.depth, self.bottleneck)
-    conv = functools.partial(nn.Conv, use_bias=False, dtype=self.dtype,
+    conv = functools.partial(Conv, use_bias=False, dtype=self.dtype,
                              param_dtype=jnp.float32, kernel_init=_he_normal)
     norm = functools.partial(nn.BatchNorm, use_running_average=not train,
                              momentum=0.9, epsilon=1e-5,
@@ -92,6 +94,11 @@ class DenseNet(nn.Module):
     channels = 2 * k if self.bottleneck else 16
     x = conv(channels, (3, 3), name="stem")(x)
     for block in range(3):
+      # Each layer concatenates the block input and all earlier outputs
+      # itself. (Concatenating onto the previous layer's input instead makes
+      # the gradient of the block input a chain through every layer, which
+      # XLA fuses into, and recomputes in, each consumer.)
+      pieces = [x]
       for layer in range(n_layers):
         name = f"block{block}_layer{layer}"
         y = x
@@ -100,12 +107,16 @@ class DenseNet(nn.Module):
           y = dropout(conv(4 * k, (1, 1), name=f"{name}_conv1")(y))
         y = nn.relu(norm(name=f"{name}_bn2")(y))
         y = dropout(conv(k, (3, 3), name=f"{name}_conv2")(y))
-        x = jnp.concatenate([x, y], axis=-1)
+        pieces.append(y)
+        x = jnp.concatenate(pieces, axis=-1)
       if block < 2:
         channels = int(x.shape[-1] * self.compression)
         x = nn.relu(norm(name=f"transition{block}_bn")(x))
-        x = dropout(conv(channels, (1, 1), name=f"transition{block}_conv")(x))
-        x = nn.avg_pool(x, (2, 2), strides=(2, 2))
+        project = conv(channels, (1, 1), name=f"transition{block}_conv")
+        if self.dropout_rate and train:
+          x = mean_pool(dropout(project(x)), (2, 2))
+        else:  # a 1x1 conv commutes with mean pooling: pool first (4x less)
+          x = project(mean_pool(x, (2, 2)))
     x = nn.relu(norm(name="final_bn")(x))
     features = jnp.mean(x, axis=(1, 2))
     logits = nn.Dense(self.num_classes, dtype=self.dtype,

@@ -37,6 +37,8 @@ import ml_collections
 
 from advjax.errors import UserError
 from advjax.models import registry
+from advjax.models.conv import Conv, ConvTranspose
+from advjax.models.pooling import mean_pool
 from advjax.models.layers import (ConditionalBatchNorm,
                                   MinibatchDiscrimination, VirtualBatchNorm)
 
@@ -270,13 +272,13 @@ class DCGANGenerator(nn.Module):
     x = nn.relu(self._norm(x, train, num_ref, "bn_project"))
     for i in range(n_up - 1):
       ch //= 2
-      x = nn.ConvTranspose(ch, (4, 4), strides=(2, 2), padding="SAME",
-                           use_bias=False, dtype=self.dtype,
-                           kernel_init=_dcgan_init, name=f"deconv{i}")(x)
+      x = ConvTranspose(ch, (4, 4), strides=(2, 2), padding="SAME",
+                        use_bias=False, dtype=self.dtype,
+                        kernel_init=_dcgan_init, name=f"deconv{i}")(x)
       x = nn.relu(self._norm(x, train, num_ref, f"bn{i}"))
-    x = nn.ConvTranspose(self.image_shape[2], (4, 4), strides=(2, 2),
-                         padding="SAME", dtype=self.dtype,
-                         kernel_init=_dcgan_init, name="to_image")(x)
+    x = ConvTranspose(self.image_shape[2], (4, 4), strides=(2, 2),
+                      padding="SAME", dtype=self.dtype,
+                      kernel_init=_dcgan_init, name="to_image")(x)
     return jnp.tanh(x.astype(jnp.float32))[num_ref:]
 
 
@@ -307,10 +309,10 @@ class DCGANDiscriminator(_Discriminator):
       h = jnp.concatenate([h, planes], -1)
     ch = self.width
     for i in range(n_down):
-      h = nn.Conv(ch, (4, 4), strides=(2, 2), padding="SAME",
-                  use_bias=not (self.use_batchnorm and i > 0),
-                  dtype=self.dtype, kernel_init=_dcgan_init,
-                  name=f"conv{i}")(h)
+      h = Conv(ch, (4, 4), strides=(2, 2), padding="SAME",
+               use_bias=not (self.use_batchnorm and i > 0),
+               dtype=self.dtype, kernel_init=_dcgan_init,
+               name=f"conv{i}")(h)
       if self.use_batchnorm and i > 0:
         h = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                          epsilon=1e-5, axis_name=self.axis_name,
@@ -330,7 +332,7 @@ def _upsample2(x):
 
 
 def _meanpool2(x):
-  return nn.avg_pool(x, (2, 2), strides=(2, 2))
+  return mean_pool(x, (2, 2))
 
 
 class _GenBlock(nn.Module):
@@ -351,9 +353,9 @@ class _GenBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x, labels, train: bool):
-    conv = lambda f, k, name: nn.Conv(f, (k, k), padding="SAME",
-                                      dtype=self.dtype, kernel_init=_he,
-                                      name=name)
+    conv = lambda f, k, name: Conv(f, (k, k), padding="SAME",
+                                   dtype=self.dtype, kernel_init=_he,
+                                   name=name)
     # A 1x1 conv commutes with nearest upsampling: convolve first (cheaper).
     shortcut = _upsample2(conv(self.features, 1, "shortcut")(x))
     h = nn.relu(self._norm(x, labels, train, "norm1"))
@@ -377,9 +379,9 @@ class _CriticBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    conv = lambda f, k, name: nn.Conv(f, (k, k), padding="SAME",
-                                      dtype=self.dtype, kernel_init=_he,
-                                      name=name)
+    conv = lambda f, k, name: Conv(f, (k, k), padding="SAME",
+                                   dtype=self.dtype, kernel_init=_he,
+                                   name=name)
     if self.first:
       shortcut = conv(self.features, 1, "shortcut")(_meanpool2(x))
       h = nn.relu(conv(self.features, 3, "conv1")(x))
@@ -430,8 +432,8 @@ class ResNetGenerator(nn.Module):
     x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
                      epsilon=1e-5, axis_name=self.axis_name,
                      dtype=self.dtype, name="norm_out")(x)
-    x = nn.Conv(self.image_shape[2], (3, 3), padding="SAME", dtype=self.dtype,
-                name="to_image")(nn.relu(x))
+    x = Conv(self.image_shape[2], (3, 3), padding="SAME", dtype=self.dtype,
+             name="to_image")(nn.relu(x))
     return jnp.tanh(x.astype(jnp.float32))
 
 
