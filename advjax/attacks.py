@@ -47,40 +47,50 @@ def check_attack_inputs(x, y=None, num_classes: Optional[int] = None,
   [0, num_classes) and that eps >= 0. Shape checks always run; the label range
   and eps checks run only for concrete (non-traced) values.
   """
-  x_shape = jnp.shape(x)
-  if len(x_shape) != 4:
-    raise UserError(
-        f"attack input x must be a 4-D NHWC image batch [B, H, W, C], got "
-        f"shape {tuple(x_shape)}; add a batch axis with x[None] for one image.")
-  if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
-    raise UserError(
-        f"attack input x must be floating point (float32 in [-1, 1]), got "
-        f"dtype {jnp.result_type(x)}; convert with x.astype(jnp.float32).")
+  x_shape = _check_float_batch(x, "attack input x", "x", 4,
+                               "a 4-D NHWC image batch [B, H, W, C]", "image",
+                               " (float32 in [-1, 1])")
   if eps is not None and _is_concrete(eps):
-    if not np.all(np.asarray(eps) >= 0):
-      raise UserError(f"eps must be >= 0, got {eps}.")
+    _refuse_if(not np.all(np.asarray(eps) >= 0), f"eps must be >= 0, got {eps}.")
   if y is None:
     return
   y_shape = jnp.shape(y)
-  if len(y_shape) != 1:
-    raise UserError(
-        f"labels y must be integer class indices of shape [B], got shape "
-        f"{tuple(y_shape)}; for one-hot labels pass y.argmax(-1).")
-  if not jnp.issubdtype(jnp.result_type(y), jnp.integer):
-    raise UserError(
-        f"labels y must be integer class indices, got dtype "
-        f"{jnp.result_type(y)}; convert with y.astype(jnp.int32).")
-  if y_shape[0] != x_shape[0]:
-    raise UserError(
-        f"batch size mismatch: x has {x_shape[0]} examples but y has "
-        f"{y_shape[0]} labels.")
+  _refuse_if(len(y_shape) != 1,
+             f"labels y must be integer class indices of shape [B], got shape "
+             f"{tuple(y_shape)}; for one-hot labels pass y.argmax(-1).")
+  _refuse_if(not jnp.issubdtype(jnp.result_type(y), jnp.integer),
+             f"labels y must be integer class indices, got dtype "
+             f"{jnp.result_type(y)}; convert with y.astype(jnp.int32).")
+  _refuse_if(y_shape[0] != x_shape[0],
+             f"batch size mismatch: x has {x_shape[0]} examples but y has "
+             f"{y_shape[0]} labels.")
   if num_classes is not None and _is_concrete(y) and y_shape[0] > 0:
     y_np = np.asarray(y)
     lo, hi = int(y_np.min()), int(y_np.max())
-    if lo < 0 or hi >= num_classes:
-      raise UserError(
-          f"labels must lie in [0, {num_classes}) for a {num_classes}-class "
-          f"classifier, got values in [{lo}, {hi}].")
+    _refuse_if(lo < 0 or hi >= num_classes,
+               f"labels must lie in [0, {num_classes}) for a "
+               f"{num_classes}-class classifier, got values in [{lo}, {hi}].")
+
+
+def _check_float_batch(value, label: str, var: str, rank: int, kind: str,
+                       item: str, note: str = "") -> tuple[int, ...]:
+  """The shape of `value`, a floating batch of rank `rank`; else UserError
+  saying how to fix it."""
+  shape = jnp.shape(value)
+  _refuse_if(len(shape) != rank,
+             f"{label} must be {kind}, got shape {tuple(shape)}; add a batch "
+             f"axis with {var}[None] for one {item}.")
+  _refuse_if(not jnp.issubdtype(jnp.result_type(value), jnp.floating),
+             f"{label} must be floating point{note}, got dtype "
+             f"{jnp.result_type(value)}; convert with "
+             f"{var}.astype(jnp.float32).")
+  return shape
+
+
+def _refuse_if(condition: Any, message: str) -> None:
+  """Raises UserError(message) if `condition` holds."""
+  if condition:
+    raise UserError(message)
 
 
 def _output_shape(fn: Callable, name: str, what: str, advice: str, *args):
@@ -265,14 +275,12 @@ def _check_label_vector(name, y, batch_size, num_classes=None):
   The range check [0, num_classes) runs only for concrete values.
   """
   y_shape = jnp.shape(y)
-  if len(y_shape) != 1 or y_shape[0] != batch_size:
-    raise UserError(
-        f"{name} must be integer class indices of shape [{batch_size}] (one per "
-        f"example), got shape {tuple(y_shape)}.")
-  if not jnp.issubdtype(jnp.result_type(y), jnp.integer):
-    raise UserError(
-        f"{name} must be integer class indices, got dtype "
-        f"{jnp.result_type(y)}; convert with .astype(jnp.int32).")
+  _refuse_if(len(y_shape) != 1 or y_shape[0] != batch_size,
+             f"{name} must be integer class indices of shape [{batch_size}] "
+             f"(one per example), got shape {tuple(y_shape)}.")
+  _refuse_if(not jnp.issubdtype(jnp.result_type(y), jnp.integer),
+             f"{name} must be integer class indices, got dtype "
+             f"{jnp.result_type(y)}; convert with .astype(jnp.int32).")
   if num_classes is not None and _is_concrete(y) and batch_size > 0:
     y_np = np.asarray(y)
     lo, hi = int(y_np.min()), int(y_np.max())
@@ -485,15 +493,8 @@ def unrestricted_attack(generate_fn: Callable[[jax.Array, jax.Array],
     none), 'loss' (each example's term of L at the returned z, [B]),
     'source_labels', 'target_labels' (None if untargeted).
   """
-  z_shape = jnp.shape(z0)
-  if len(z_shape) != 2:
-    raise UserError(
-        f"z0 must be a [B, D] batch of latent vectors, got shape "
-        f"{tuple(z_shape)}; add a batch axis with z0[None] for one vector.")
-  if not jnp.issubdtype(jnp.result_type(z0), jnp.floating):
-    raise UserError(
-        f"z0 must be floating point, got dtype {jnp.result_type(z0)}; convert "
-        f"with z0.astype(jnp.float32).")
+  z_shape = _check_float_batch(z0, "z0", "z0", 2,
+                               "a [B, D] batch of latent vectors", "vector")
   batch = z_shape[0]
   _check_num_steps(num_steps)
   _check_nonnegative(eps_z=eps_z, learning_rate=learning_rate,

@@ -18,6 +18,7 @@ import difflib
 import sys
 from typing import Any, Callable, Sequence
 
+from advjax import config_utils
 from advjax import loop
 from advjax.errors import TrainingDiverged, UserError
 
@@ -91,7 +92,6 @@ def define_config_dict(name: str, config: Any, help_text: str) -> None:
 def check_config_file(argv: Sequence[str], flag: str = "config") -> None:
   """The `--config=FILE` must load (`config_utils.load` says why not) and its
   overrides must name fields, once each."""
-  from advjax import config_utils  # pylint: disable=g-import-not-at-top
   files = [v for f, v in _flag_values(argv, flag) if f == flag]
   if files:
     check_overrides(argv, flag, config_utils.load(files[-1]))

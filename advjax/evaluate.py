@@ -31,6 +31,8 @@ import numpy as np
 
 from advjax import adversaries, attacks, fileio, inference, input_pipeline
 from advjax import cli
+from advjax import fid
+from advjax import inception as inception_lib
 from advjax.errors import UserError
 from advjax.metric_writers import image_grid, save_png
 
@@ -474,8 +476,6 @@ def gan_metrics(gan: inference.GAN,
   statistics are cached in `cache_dir` (default ~/.cache/advjax/fid_stats)
   by dataset, split, count and weights file.
   """
-  # pylint: disable-next=g-import-not-at-top
-  from advjax import fid, inception as inception_lib
   info = input_pipeline.get_dataset_info(gan.config.dataset.name)
   available = len(input_pipeline.get_source(
       info.name, info.train_split, gan.config.dataset.get("data_dir") or None))
