@@ -30,6 +30,11 @@ if "xla_force_host_platform_device_count" not in _flags:
 # time than they save in run time (about 4x faster tests overall).
 if "xla_backend_optimization_level" not in _flags:
   _flags += " --xla_backend_optimization_level=0"
+# Four fake devices per process on a 2-core machine: under load one device's
+# share of a collective can start long after the others'; XLA:CPU aborts the
+# process after 40 s of waiting by default.
+if "xla_cpu_collective_call_terminate_timeout_seconds" not in _flags:
+  _flags += " --xla_cpu_collective_call_terminate_timeout_seconds=600"
 os.environ["XLA_FLAGS"] = _flags.strip()
 # Keep TensorFlow (used only when tfds prepares a dataset) quiet and on the CPU.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

@@ -35,7 +35,8 @@ def run_cli(args: list[str], *, num_devices: int = 4, mock_examples: int = 32,
   full_env.update({
       "JAX_PLATFORMS": "cpu",
       "XLA_FLAGS": (f"--xla_force_host_platform_device_count={num_devices}"
-                    " --xla_backend_optimization_level=0"),
+                    " --xla_backend_optimization_level=0"
+                    " --xla_cpu_collective_call_terminate_timeout_seconds=600"),
       "MOCK_NUM_EXAMPLES": str(mock_examples),
       "PYTHONPATH": python_path(),
       "TF_CPP_MIN_LOG_LEVEL": "3",
