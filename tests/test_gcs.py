@@ -263,8 +263,9 @@ def test_reports_tables_and_figures_go_to_gcs(gcs_dir):
                                num_examples=2, attack_settings={},
                                unrestricted_steps=1, command="c")
   assert fileio.read_text(f"{gcs_dir}/study.md") == markdown
+  # mode, seed (0 when the row has none), then the columns.
   assert fileio.read_text(f"{gcs_dir}/study.csv").splitlines()[1].startswith(
-      "none,0.5")
+      "none,0,0.5")
   curve = ([1, 2], [0.1, 0.2])
   study.plot_curves({"none": {"eval/accuracy": curve,
                               "eval/gan_sample_accuracy": curve}},
