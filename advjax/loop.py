@@ -47,15 +47,20 @@ from advjax.parallel import AXIS
 def all_finite(tree: Any) -> jax.Array:
   """Whether every floating-point leaf of `tree` is finite (a bool array).
 
-  One reduction per leaf: sum(x * 0) is 0 when x is finite and NaN once an
-  element is +-inf or NaN, so a single `isfinite` of the total decides.
-  Integer, boolean and PRNG-key leaves are skipped. Usable under jit.
+  One reduction over all leaves at once: sum(x * 0) is 0 when every x is
+  finite and NaN once an element is +-inf or NaN, so a single `isfinite` of
+  the total decides. The leaves are concatenated first because XLA:CPU
+  compiles each reduction as its own kernel: one reduction per leaf made the
+  DenseNet-BC-100 train step (796 floating-point leaves in its state) take
+  307 s to compile instead of 21 s, and 4.0 s per step instead of 3.3 s; the
+  copy costs one pass over the state. Integer, boolean and PRNG-key leaves
+  are skipped. Usable under jit.
   """
-  leaves = [x for x in jax.tree.leaves(tree)
-            if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+  leaves = [jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(jnp.result_type(x), jnp.floating)]
   if not leaves:
     return jnp.asarray(True)
-  return jnp.isfinite(sum(jnp.sum(x * 0, dtype=jnp.float32) for x in leaves))
+  return jnp.isfinite(jnp.sum(jnp.concatenate(leaves) * 0))
 
 
 def guard_nonfinite(old: Any, new: Any, loss: jax.Array) -> Any:

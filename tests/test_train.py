@@ -98,11 +98,13 @@ def test_non_finite_loss_freezes_state_and_names_the_step():
 
 def test_all_finite_looks_at_every_floating_leaf_only():
   tree = {"w": jnp.ones((3, 2)), "h": jnp.ones(2, jnp.bfloat16),
+          "s": jnp.float32(2.0), "none": jnp.zeros((0, 3)),
           "step": jnp.asarray(7), "key": jax.random.key(0), "empty": {}}
   assert bool(jax.jit(loop.all_finite)(tree))
   for bad in (jnp.inf, -jnp.inf, jnp.nan):
     assert not bool(jax.jit(loop.all_finite)(
         dict(tree, h=tree["h"].at[1].set(bad))))
+    assert not bool(jax.jit(loop.all_finite)(dict(tree, s=jnp.float32(bad))))
   # Huge but finite values do not overflow the check.
   assert bool(loop.all_finite({"w": jnp.full((1000,), 3e38)}))
   assert bool(loop.all_finite({"n": jnp.arange(3)}))
