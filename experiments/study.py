@@ -366,8 +366,8 @@ def run_study(workdir: str, *, gan_config: str, classifier_config: str,
 # Smaller versions of the study; flags given on the command line win.
 PRESETS = {
     "full": {},
-    # About half an hour on a 2-core CPU (35 min measured at load 1-8): the
-    # README's main job.
+    # The README's main job (with --seeds=3: 40 minutes on a 2-core CPU,
+    # measured at load 1-3; one seed about 15).
     "small": dict(
         gan_overrides=["num_epochs=1.0", "eval_every_steps=1000"],
         classifier_overrides=["num_epochs=0.5", "eval_every_steps=25"],
@@ -419,8 +419,8 @@ def _define_flags():
                       "Config file whose get_config(mode) gives each mode.")
   flags.DEFINE_enum("preset", "full", list(PRESETS),
                     "'small': a shorter GAN and classifiers, fewer test "
-                    "images and latent steps (about half an hour on 2 CPU "
-                    "cores).")
+                    "images and latent steps (about 15 minutes per seed on 2 "
+                    "CPU cores).")
   flags.DEFINE_list("modes", study_modes(), "Modes to train and compare.")
   flags.DEFINE_multi_string("classifier_override", [],
                             "key=value for every classifier config.")
