@@ -105,6 +105,8 @@ def test_all_finite_looks_at_every_floating_leaf_only():
     assert not bool(jax.jit(loop.all_finite)(
         dict(tree, h=tree["h"].at[1].set(bad))))
     assert not bool(jax.jit(loop.all_finite)(dict(tree, s=jnp.float32(bad))))
+    assert not bool(loop.all_finite(
+        {"c": jnp.array([1 + 1j, complex(1, float(bad))], jnp.complex64)}))
   # Huge but finite values do not overflow the check.
   assert bool(loop.all_finite({"w": jnp.full((1000,), 3e38)}))
   assert bool(loop.all_finite({"n": jnp.arange(3)}))
