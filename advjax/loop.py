@@ -56,7 +56,9 @@ def all_finite(tree: Any) -> jax.Array:
   copy costs one pass over the state (anything done to each leaf before the
   concatenation, even x * 0, brings the slow compile back). Complex leaves
   count with their real and imaginary parts; integer, boolean and PRNG-key
-  leaves are skipped. Usable under jit.
+  leaves are skipped. Nothing is narrowed: the concatenation promotes to the
+  widest floating dtype, so a finite float64 leaf beyond float32's range
+  (under jax_enable_x64) counts as finite. Usable under jit.
   """
   parts = []
   for x in jax.tree.leaves(tree):
@@ -66,7 +68,7 @@ def all_finite(tree: Any) -> jax.Array:
       parts.append(jnp.ravel(x))
   if not parts:
     return jnp.asarray(True)
-  flat = jnp.concatenate([p.astype(jnp.float32) for p in parts])
+  flat = jnp.concatenate(parts)  # promotes to the widest floating dtype
   return jnp.isfinite(jnp.sum(flat * 0))
 
 

@@ -112,6 +112,15 @@ def test_all_finite_looks_at_every_floating_leaf_only():
   assert bool(loop.all_finite({"n": jnp.arange(3)}))
 
 
+def test_all_finite_keeps_float64_range_under_x64():
+  # A float32 cast before the reduction would turn 1e300 into inf.
+  with jax.enable_x64(True):
+    tree = {"w": jnp.full((4,), 1e300, jnp.float64), "s": jnp.float32(1.0)}
+    assert bool(jax.jit(loop.all_finite)(tree))
+    assert not bool(loop.all_finite(
+        dict(tree, w=tree["w"].at[0].set(jnp.inf))))
+
+
 def test_finite_training_never_trips_the_guard():
   _, state, snapshots = _train(jax.devices()[:1], _batches(3))
   assert int(state.bad_step) == -1
