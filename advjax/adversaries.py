@@ -25,8 +25,10 @@ A craft function is `craft(settings, target, images, labels, rng)` with
 entries registered with `uses_gan` or `uses_aux_classifier`); it returns a dict with 'image' (the
 crafted images, [B, H, W, C] in [-1, 1]) and optional extras: 'success'
 (bool [B], for attacks that know whether they fooled the classifier),
-'latent' (the GAN's z) and 'signals' ({warning: bool [B]}, points a report
-should warn about, e.g. AutoAttack's signs of gradient masking). Craft functions are traced inside the compiled train
+'latent' (the GAN's z), 'signals' ({warning: bool [B]}, points a report
+should warn about, e.g. AutoAttack's signs of gradient masking) and
+'broken_by' ({stage: bool [B]}, which stage of a cascade such as AutoAttack
+broke each point). Craft functions are traced inside the compiled train
 step (entries with `trains=False`, like AutoAttack, run only in reports).
 Norm-bounded entries (`norm_bounded`, the default) have an `eps` setting and
 are evaluated at each eps of a report.
@@ -35,6 +37,7 @@ are evaluated at each eps of a report.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from typing import Any, Callable, Mapping
 
 import jax
@@ -323,11 +326,15 @@ class AutoAttackSettings:
 @register("autoattack", AutoAttackSettings, trains=False, label="AutoAttack")
 def _autoattack(s: AutoAttackSettings, target: Target, images, labels,
                 rng) -> Crafted:
+  # A bar per attack of the cascade, on a terminal only (as evaluate's own).
   result = autoattack.autoattack(
       target.logits_fn, images, labels, s.eps, norm=s.norm,
-      version=s.version, rng=rng, batch_size=s.batch_size)
+      version=s.version, rng=rng, batch_size=s.batch_size,
+      progress=sys.stderr.isatty())
   return {"image": jnp.asarray(result.images),
           "success": jnp.asarray(~result.robust & result.clean_correct),
           "signals": {
               "zero input gradient": result.zero_gradient,
-              "broken only by Square (black-box)": result.black_box_only}}
+              "broken only by Square (black-box)": result.black_box_only},
+          "broken_by": {name: result.broken_by == name
+                        for name in ("clean", *result.attacks)}}

@@ -69,7 +69,8 @@ def _default_attacks() -> list[str]:
 def _compiled_attack(entry: adversaries.Adversary, settings: Any,
                      target: adversaries.Target
                      ) -> Callable[..., dict[str, Any]]:
-  """(x, y, rng) -> the entry's output dict ('image', maybe 'signals');
+  """(x, y, rng) -> the entry's output dict ('image', maybe 'signals' and
+  'broken_by');
   jit-compiled where the entry can be traced (AutoAttack-like entries run
   their own compiled pieces on the host)."""
   if not entry.trains:
@@ -119,7 +120,9 @@ def robustness(classifier: inference.Classifier, *, eps_list: Sequence[float],
         substitute.logits_fn(), x, y, e))
   count, clean = 0, 0.0
   hits = {key: 0.0 for key in crafted}
+  # (eps, attack) -> {signal or cascade stage: points}, summed over batches.
   signals: dict[tuple[float, str], dict[str, int]] = {}
+  broken_by: dict[tuple[float, str], dict[str, int]] = {}
   transfer = {e: 0.0 for e in eps_list}
   examples = {}
   key = jax.random.key(seed)
@@ -140,9 +143,10 @@ def robustness(classifier: inference.Classifier, *, eps_list: Sequence[float],
         out = crafted[(e, entry.name)][1](x, y, jax.random.fold_in(key, b))
         x_adv = out["image"]
         hits[(e, entry.name)] += n * _accuracy(classifier.predict, x_adv, y)
-        for what, flagged in out.get("signals", {}).items():
-          counts = signals.setdefault((e, entry.name), {})
-          counts[what] = counts.get(what, 0) + int(np.sum(flagged))
+        for store, field in ((signals, "signals"), (broken_by, "broken_by")):
+          for what, flagged in out.get(field, {}).items():
+            counts = store.setdefault((e, entry.name), {})
+            counts[what] = counts.get(what, 0) + int(np.sum(flagged))
         shown.append(np.asarray(x_adv[:8]))
       if sub_fgsm is not None:
         transfer[e] += n * (1.0 - _accuracy(classifier.predict,
@@ -160,6 +164,9 @@ def robustness(classifier: inference.Classifier, *, eps_list: Sequence[float],
                  if v}
       if flagged:
         row.setdefault("signals", {})[entry.name] = flagged
+      if (e, entry.name) in broken_by:
+        row.setdefault("broken_by", {})[entry.name] = broken_by[
+            (e, entry.name)]
     if substitute is not None:
       row["transfer_error"] = transfer[e] / total
     rows.append(row)
@@ -204,6 +211,14 @@ def robustness_markdown(result: dict[str, Any]) -> str:
     if has_transfer:
       line += f" {100 * r['transfer_error']:.2f}% |"
     lines.append(line)
+  stages = [f"- eps {r['eps']:g}, {result['labels'][n]}: "
+            + ", ".join(f"{stage} {count}" for stage, count in counts.items())
+            for r in result["rows"]
+            for n, counts in r.get("broken_by", {}).items()]
+  if stages:
+    lines += ["", f"Points broken by each stage (of {result['num_examples']}; "
+              "each point counts once, for the first stage that broke it):",
+              *stages]
   warnings = [f"- eps {r['eps']:g}, {result['labels'][n]}: {count} of "
               f"{result['num_examples']} points with {what}"
               for r in result["rows"]

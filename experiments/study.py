@@ -170,6 +170,9 @@ def evaluate_classifier(classifier_dir: str, gan_dir: str, *, eps: float,
       "unrestricted_accuracy": latent["classifier_accuracy_attacked_samples"],
       "unrestricted_success": latent["success_rate"],
       "attack_settings": robust["settings"],
+      # Per attack: points per masking sign, and per cascade stage.
+      "signals": row.get("signals", {}),
+      "broken_by": row.get("broken_by", {}),
       "unrestricted": latent,
       "num_examples": robust["num_examples"],
   }, grid

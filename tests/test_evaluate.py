@@ -315,7 +315,14 @@ def test_autoattack_column_is_at_most_pgd_and_fgsm_on_the_same_points(runs):
   for row in result["rows"]:
     assert row["autoattack_accuracy"] <= row["pgd_accuracy"]
     assert row["pgd_accuracy"] <= row["fgsm_accuracy"]
-  assert "AutoAttack accuracy" in evaluate.robustness_markdown(result)
+    # Every point the cascade broke is counted once, at the stage that did.
+    stages = row["broken_by"]["autoattack"]
+    assert list(stages) == ["clean", "apgd-ce", "apgd-t"]
+    assert sum(stages.values()) == round(32 * (1 - row["autoattack_accuracy"]))
+    assert stages["clean"] == round(32 * (1 - result["clean_accuracy"]))
+  table = evaluate.robustness_markdown(result)
+  assert "AutoAttack accuracy" in table
+  assert "- eps 0.3, AutoAttack: clean " in table
 
 
 def test_report_warns_about_zero_gradients_and_flat_accuracy():

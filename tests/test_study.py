@@ -2,6 +2,7 @@
 reproducible."""
 
 import csv
+import json
 import importlib.util
 import os
 
@@ -77,6 +78,11 @@ def test_study_writes_table_csv_and_figures_for_every_mode(first_run):
   assert "AutoAttack accuracy" in table and "version fast" in table
   for r in rows:
     assert r["autoattack_accuracy"] <= r["pgd_accuracy"]
+    # The per-classifier JSON keeps which AutoAttack stage broke each point.
+    with open(os.path.join(workdir, "classifiers", r["mode"],
+                           "study_eval.json")) as f:
+      stages = json.load(f)["broken_by"]["autoattack"]
+    assert sum(stages.values()) == round(20 * (1 - r["autoattack_accuracy"]))
 
 
 def test_seeds_give_one_csv_row_each_and_mean_and_std_in_the_table(
