@@ -1,4 +1,4 @@
-"""Quickstart GAN: an AC-GAN on Fashion-MNIST, about 15 minutes on a 2-core CPU.
+"""Quickstart GAN: an AC-GAN on Fashion-MNIST, about 2 minutes on a 2-core CPU.
 
 DCGAN networks at 28x28; the generator gets the class (one-hot, with z), the
 discriminator has a real/fake head and a 10-way class head (Odena et al. 2017:
