@@ -4,10 +4,11 @@ Small translators (width 16, two downsamplings 28 -> 14 -> 7, 3 residual
 blocks) and PatchGANs, batch 8, 2000 steps (the learning rate decays linearly
 over the second half), otherwise the horse2zebra recipe, except that the
 identity loss is off: these domains differ in shape, not in colour, and it
-would cost 40% more time; about 15 minutes on a 2-core CPU. Grids (a | G(a) | F(G(a)) | b | F(b) | G(F(b))) land in
-<workdir>/images; with eval.classifier_workdir set to a trained Fashion-MNIST
-classifier (configs/quickstart.py), evaluation reports how often G(a) is
-classified as an ankle boot and F(b) as a sneaker.
+would cost 40% more time; about 2.5 minutes on a 2-core CPU. Grids
+(a | G(a) | F(G(a)) | b | F(b) | G(F(b))) land in <workdir>/images; with
+eval.classifier_workdir set to a trained Fashion-MNIST classifier
+(configs/quickstart.py), evaluation reports how often G(a) is classified as
+an ankle boot and F(b) as a sneaker.
 
   python -m advjax.main --config=configs/cyclegan_fashion_mnist.py --workdir=/tmp/cyclegan \
       --config.eval.classifier_workdir=/tmp/advjax/quickstart
