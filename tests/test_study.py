@@ -2,8 +2,8 @@
 reproducible."""
 
 import csv
-import json
 import importlib.util
+import json
 import os
 
 import pytest
