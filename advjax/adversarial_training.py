@@ -131,7 +131,7 @@ def read(config: ml_collections.ConfigDict, num_classes: int,
   `gan_workdir` is restored once; it must generate `image_shape` images of
   the classifier's `num_classes` classes.
   """
-  block = settings_lib.plain(config.get(SECTION))
+  block = settings_lib.plain(config[SECTION] if SECTION in config else None)
   names = set(adversaries.ADVERSARIES)
   per_adversary = {k: block.pop(k) for k in list(block) if k in names}
   s = settings_lib.from_block(Settings, block, SECTION)

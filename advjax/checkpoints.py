@@ -49,17 +49,19 @@ def checkpoint_dir(workdir: str) -> str:
   return fileio.join(fileio.resolve(workdir), CHECKPOINT_DIR)
 
 
+@settings_lib.register("checkpoint")
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """`config.checkpoint`, read once: a checkpoint every `every_steps` (<= 0:
   once per epoch) and at the end; the last `keep` kept plus the best by the
   evaluation metric `best_metric` ('' = none), `best_mode` 'max' or 'min';
   `async_save` writes while training goes on."""
-  every_steps: int = -1
-  keep: int = 3
+  every_steps: int = settings_lib.extends_run(-1, "checkpoint interval")
+  keep: int = settings_lib.extends_run(3, "number of checkpoints kept")
   best_metric: str = ""
   best_mode: str = "max"
-  async_save: bool = True
+  async_save: bool = settings_lib.extends_run(
+      True, "how checkpoints are written")
 
   def __post_init__(self):
     settings_lib.check_positive(self, "keep")
@@ -67,8 +69,7 @@ class Settings:
 
 
 def read_settings(config: ml_collections.ConfigDict) -> Settings:
-  return settings_lib.from_block(Settings, config.get("checkpoint"),
-                                 "checkpoint")
+  return settings_lib.read(Settings, config, "checkpoint")
 
 
 def _options(s: Settings, read_only: bool = False):

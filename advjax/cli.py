@@ -89,6 +89,25 @@ def define_config_dict(name: str, config: Any, help_text: str) -> None:
   config_flags.DEFINE_config_dict(name, config, help_text)
 
 
+def resolve_config_file(argv: Sequence[str], flag: str = "config"
+                        ) -> list[str]:
+  """`argv` with a config named by name (`--config=quickstart[:arg]`)
+  replaced by its file's path (`config_utils.resolve`)."""
+  out, skip = [], False
+  for i, arg in enumerate(argv):
+    if skip:
+      skip = False
+      continue
+    if arg == f"--{flag}" and i + 1 < len(argv):
+      out.append(f"--{flag}={config_utils.resolve(argv[i + 1])}")
+      skip = True
+    elif arg.startswith(f"--{flag}="):
+      out.append(f"--{flag}={config_utils.resolve(arg.partition('=')[2])}")
+    else:
+      out.append(arg)
+  return out
+
+
 def check_config_file(argv: Sequence[str], flag: str = "config") -> None:
   """The `--config=FILE` must load (`config_utils.load` says why not) and its
   overrides must name fields, once each."""
@@ -108,6 +127,7 @@ def parse_flags(argv: Sequence[str], config_flag: str | None = "config"
   from absl import flags  # pylint: disable=g-import-not-at-top
   try:
     if config_flag:
+      argv = resolve_config_file(argv, config_flag)
       check_config_file(argv, config_flag)
     return flags.FLAGS(last_wins(argv))
   except UserError as e:

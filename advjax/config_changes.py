@@ -3,10 +3,12 @@
 A checkpoint's meta holds the config the run was started with. On resume,
 `compare_configs(saved, new)` splits the differences into
 
-  accepted: fields that only extend or observe the run (`EXTENDING_FIELDS`:
-    its length, how often it logs, evaluates and checkpoints, what evaluation
-    measures, where the dataset is read from); the loop
-    lists them and goes on;
+  accepted: fields that only extend or observe the run (its length, how
+    often it logs, evaluates and checkpoints, what evaluation measures, where
+    the dataset is read from): those whose settings dataclass marks them
+    `settings.extends_run(default, reason)` (`extending_fields()` lists them
+    by path; every trainer's blocks are known once `advjax.trainers` is
+    imported); the loop lists them and goes on;
   refused: every other change (model, optimiser, data, batch size, loss,
     seed, ...); the loop stops with `refused_message`, one line naming the
     fields and the two ways forward: a new --workdir, or `ALLOW_FLAG`, which
@@ -28,41 +30,19 @@ Decisions:
     checkpoints at the next save, as asked.
   A field present in only one of the configs (a config written by an older
   advjax, or an override of a field the file lacks) counts as a change from
-  or to `<absent>`.
+  or to `<absent>`, except where the other config holds that field's default
+  (a field a newer advjax added to a block, at its default, is no change).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import fnmatch
 import json
 from typing import Any
 
+from advjax import settings
+
 ALLOW_FLAG = "--allow_config_change"
-
-# Fields (dotted paths; fnmatch patterns) whose change only extends or
-# observes a run, with the reason. Taken from the configs in configs/.
-EXTENDING_FIELDS: dict[str, str] = {
-    "num_train_steps": "length of the run",
-    "num_epochs": "length of the run",
-    "log_every_steps": "logging interval",
-    "eval_every_steps": "evaluation interval",
-    "eval_batch_size": "evaluation only",
-    "progress_bar": "display only",
-    "checkpoint.every_steps": "checkpoint interval",
-    "checkpoint.keep": "number of checkpoints kept",
-    "checkpoint.async_save": "how checkpoints are written",
-    # classifier: eval.gan_workdir, eval.gan_samples; GAN:
-    # eval.classifier_workdir, eval.samples_per_class; CycleGAN:
-    # eval.num_examples, eval.classifier_workdir.
-    "eval.*": "evaluation only",
-    # GAN and CycleGAN sample grids written at evaluation.
-    "sample.*": "sample images only",
-    "distill.eval_eps": "evaluation only",
-    "distill.eval_examples": "evaluation only",
-    "dataset.data_dir": "where the same dataset is read from",
-}
-
 
 class _Absent:
   """A field missing from one of the two configs."""
@@ -111,18 +91,27 @@ def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
   return out
 
 
+def extending_fields() -> dict[str, str]:
+  """{dotted field: reason} of every field whose change only extends or
+  observes a run (the `extends_run` metadata of the settings dataclasses)."""
+  return settings.extending_fields()
+
+
 def is_extending(field: str) -> bool:
   """Whether a change of `field` only extends or observes the run."""
-  return any(fnmatch.fnmatchcase(field, pattern)
-             for pattern in EXTENDING_FIELDS)
+  return field in settings.extending_fields()
 
 
 def diff_configs(saved: Any, new: Any) -> list[ConfigChange]:
   """Every field whose value differs, sorted by name."""
   a, b = flatten(saved), flatten(new)
+  defaults = _plain(settings.registered_defaults())
   changes = []
   for field in sorted(set(a) | set(b)):
     old, now = a.get(field, ABSENT), b.get(field, ABSENT)
+    if ABSENT in (old, now) and field in defaults and (
+        (now if old is ABSENT else old) == defaults[field]):
+      continue
     if old != now:
       changes.append(ConfigChange(field, old, now))
   return changes

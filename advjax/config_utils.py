@@ -1,27 +1,39 @@
-"""Loading experiment configs (`configs/*.py`) outside the command line.
+"""Loading experiment configs (`configs/*.py`) by name or by path.
 
-    config = advjax.config_utils.load("configs/quickstart.py")
+    config = advjax.config_utils.load("quickstart")          # by name
+    config = advjax.config_utils.load("configs/quickstart.py")  # by path
 
-Config files may build on each other with `base("other_config")`, which
-loads a config file from the same folder as the caller, and share blocks
-through `sibling("common")`, which imports `common.py` from that folder as a
-module (`configs/common.py`: the blocks every config repeats).
+`configs/` is a Python package installed beside `advjax` (in a clone it is
+the folder beside `advjax/`; in an installed wheel, the `configs` package in
+the same site-packages), so config files build on each other with plain
+imports (`from configs import common, dcgan_cifar10`). A name without a
+folder or `.py` (`quickstart`, `study_fashion_mnist:pgd`) is the config of
+that name in that package (`find`); `resolve` turns one into its path, which
+is what the command lines give ml_collections.
 
-As with ml_collections' `--config=path.py:arg`, a path may end in `:arg`;
-the file's `get_config(arg)` then receives the string `arg`.
+As with ml_collections' `--config=path.py:arg`, a path or name may end in
+`:arg`; the file's `get_config(arg)` then receives the string `arg`.
+
+A mistake inside a config file (a syntax error, an exception while it is
+imported or in its `get_config`) is one `UserError` line that names the
+file and line where it happened (`configs/x.py:12: NameError: ...`), with the
+original exception as its cause.
 """
 
 from __future__ import annotations
 
+import difflib
+import importlib
 import importlib.util
-import inspect
 import os
 import sys
-import types
+import traceback
 
 import ml_collections
 
 from advjax.errors import UserError
+
+PACKAGE = "configs"
 
 
 def split_arg(path: str) -> tuple[str, str | None]:
@@ -32,26 +44,126 @@ def split_arg(path: str) -> tuple[str, str | None]:
   return path, None
 
 
-def load(path: str) -> ml_collections.ConfigDict:
-  """`get_config()` of the config file at `path` (`get_config(arg)` for
-  'path:arg')."""
-  path, arg = split_arg(path)
+def configs_dir() -> str:
+  """The folder of the shipped configs: the `configs` package beside the
+  `advjax` package (a clone's `configs/`, or the installed one)."""
+  import advjax  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(advjax.__file__)))
+  return os.path.join(root, PACKAGE)
+
+
+def names() -> list[str]:
+  """The names of the shipped configs (`common` holds shared blocks)."""
+  folder = configs_dir()
+  if not os.path.isdir(folder):
+    return []
+  return sorted(f[:-3] for f in os.listdir(folder)
+                if f.endswith(".py") and not f.startswith("_")
+                and f != "common.py")
+
+
+def _is_name(path: str) -> bool:
+  return ("/" not in path and os.sep not in path and not path.endswith(".py")
+          and not os.path.exists(path))
+
+
+def find(name: str) -> str:
+  """The path of the shipped config `name` (a UserError naming the closest
+  one otherwise)."""
+  path = os.path.join(configs_dir(), name + ".py")
+  if os.path.isfile(path):
+    return path
+  known = names()
+  close = difflib.get_close_matches(name, known, n=1)
+  hint = f"; did you mean '{close[0]}'?" if close else ""
+  raise UserError(f"no config named '{name}'{hint} (the configs shipped in "
+                  f"{configs_dir()}: {', '.join(known) or 'none'}; or pass a "
+                  f"path to a .py file)")
+
+
+def resolve(spec: str) -> str:
+  """`spec` ('name[:arg]' or 'path.py[:arg]') as 'path.py[:arg]'."""
+  path, arg = split_arg(spec)
+  if _is_name(path):
+    path = find(path)
+  elif not os.path.exists(os.path.expanduser(path)):
+    base = os.path.basename(path)
+    if base.endswith(".py") and base[:-3] in names():
+      raise UserError(f"config file '{path}' does not exist; the shipped "
+                      f"config of that name is --config={base[:-3]}")
+  return path if arg is None else f"{path}:{arg}"
+
+
+def _where(e: BaseException, folder: str) -> str:
+  """'file:line' of the innermost frame of `e`'s traceback in `folder` (the
+  config's package or its own folder), else the innermost frame."""
+  if isinstance(e, SyntaxError) and e.filename:
+    return f"{e.filename}:{e.lineno}"
+  frames = traceback.extract_tb(e.__traceback__)
+  inside = [f for f in frames
+            if os.path.dirname(os.path.abspath(f.filename)) == folder]
+  frame = (inside or frames or [None])[-1]
+  return f"{frame.filename}:{frame.lineno}" if frame else "?"
+
+
+def _first_line(e: BaseException) -> str:
+  if isinstance(e, SyntaxError):
+    return e.msg or ""
+  return (str(e).strip().splitlines() or [""])[0][:200]
+
+
+def _fail(e: Exception, folder: str) -> UserError:
+  return UserError(f"{_where(e, folder)}: {type(e).__name__}: "
+                   f"{_first_line(e)}")
+
+
+def use_package(folder: str) -> None:
+  """Makes the package in `folder` the importable one of its name (its
+  parent first on sys.path; a same-named package imported from elsewhere is
+  forgotten), so a config file there imports its own siblings."""
+  name = os.path.basename(folder)
+  parent = os.path.dirname(folder)
+  if parent not in sys.path:
+    sys.path.insert(0, parent)
+  module = sys.modules.get(name)
+  paths = [os.path.realpath(p) for p in getattr(module, "__path__", [])]
+  if module is not None and os.path.realpath(folder) not in paths:
+    for key in [k for k in sys.modules
+                if k == name or k.startswith(name + ".")]:
+      del sys.modules[key]
+    sys.path.remove(parent)
+    sys.path.insert(0, parent)
+  importlib.invalidate_caches()
+
+
+def _import(path: str):
+  """The module of the config file at `path` (as `<package>.<name>` when its
+  folder is a package)."""
+  folder = os.path.dirname(path)
+  stem = os.path.splitext(os.path.basename(path))[0]
+  if os.path.isfile(os.path.join(folder, "__init__.py")):
+    use_package(folder)
+    return importlib.import_module(f"{os.path.basename(folder)}.{stem}")
+  spec = importlib.util.spec_from_file_location("advjax_config_" + stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """`get_config()` of the config `spec` names (a name or a path; with
+  ':arg', `get_config(arg)`)."""
+  path, arg = split_arg(resolve(spec))
   path = os.path.abspath(os.path.expanduser(path))
   if not os.path.isfile(path):
     raise UserError(f"config file '{path}' does not exist")
-  name = "advjax_config_" + os.path.splitext(os.path.basename(path))[0]
-  spec = importlib.util.spec_from_file_location(name, path)
-  module = importlib.util.module_from_spec(spec)
+  folder = os.path.dirname(path)
   try:
-    spec.loader.exec_module(module)
-  except SyntaxError as e:
-    raise UserError(f"syntax error in config file '{path}' line {e.lineno}: "
-                    f"{e.msg}") from None
+    module = _import(path)
   except UserError:
     raise
   except Exception as e:  # pylint: disable=broad-except
-    raise UserError(f"config file '{path}' raised {type(e).__name__}: "
-                    f"{_first_line(e)}") from None
+    raise _fail(e, folder) from e
   if not hasattr(module, "get_config"):
     raise UserError(f"config file '{path}' defines no get_config()")
   try:
@@ -59,34 +171,4 @@ def load(path: str) -> ml_collections.ConfigDict:
   except UserError:
     raise
   except Exception as e:  # pylint: disable=broad-except
-    raise UserError(f"get_config() of '{path}' raised {type(e).__name__}: "
-                    f"{_first_line(e)}") from None
-
-
-def _first_line(e: BaseException) -> str:
-  return (str(e).strip().splitlines() or [""])[0][:200]
-
-
-def base(name: str) -> ml_collections.ConfigDict:
-  """The config `<name>.py` (or `<name>.py:arg` for 'name:arg') from the
-  caller's folder (for config files)."""
-  caller = inspect.stack()[1].filename
-  name, sep, arg = name.partition(":")
-  return load(os.path.join(os.path.dirname(os.path.abspath(caller)),
-                           name + ".py") + (sep + arg if sep else ""))
-
-
-def sibling(name: str) -> types.ModuleType:
-  """The module `<name>.py` from the caller's folder, imported once (for
-  config files that share blocks, e.g. `common = sibling("common")`)."""
-  caller = inspect.stack()[1].filename
-  path = os.path.join(os.path.dirname(os.path.abspath(caller)), name + ".py")
-  key = f"advjax_configs_{abs(hash(path))}_{name}"
-  if key not in sys.modules:
-    if not os.path.isfile(path):
-      raise UserError(f"config module '{path}' does not exist")
-    spec = importlib.util.spec_from_file_location(key, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[key] = module
-    spec.loader.exec_module(module)
-  return sys.modules[key]
+    raise _fail(e, folder) from e

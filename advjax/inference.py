@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from advjax import checkpoints, input_pipeline, models
+from advjax import checkpoints, input_pipeline, models, run_settings
 from advjax.errors import UserError
 from advjax.models import cyclegan as cyclegan_models
 from advjax.models import gans
@@ -148,17 +148,17 @@ class GAN(Run):
   @property
   def num_classes(self) -> int:
     """Classes of the conditioning (0 for an unconditional GAN)."""
-    if not self.config.model.get("conditional", False):
+    if not gans.read_model(self.config.model).conditional:
       return 0
     return self.dataset.num_classes
 
   @property
   def latent_dim(self) -> int:
-    return int(self.config.model.latent_dim)
+    return gans.read_model(self.config.model).latent_dim
 
   @functools.cached_property
   def _modules(self):
-    dtype = jnp.dtype(self.config.get("dtype", "float32"))
+    dtype = jnp.dtype(run_settings.read(self.config).dtype)
     shape = self.dataset.image_shape
     return (gans.create_generator(self.config.model, self.num_classes, shape,
                                   dtype=dtype),
@@ -256,7 +256,7 @@ class CycleGAN(Run):
     images = _batched_images(images, "translate")
     channels = int(images.shape[-1])
     if channels not in self._translators:
-      dtype = jnp.dtype(self.config.get("dtype", "float32"))
+      dtype = jnp.dtype(run_settings.read(self.config).dtype)
       gen = cyclegan_models.create_generator(self.config.model, channels,
                                              dtype)
       self._translators[channels] = jax.jit(

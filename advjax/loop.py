@@ -37,8 +37,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from advjax import (checkpoints, config_changes, input_pipeline, parallel,
-                    run_lock)
-from advjax import settings as settings_lib
+                    run_lock, run_settings)
 from advjax.errors import TrainingDiverged, UserError
 from advjax.metric_writers import MetricWriter
 from advjax.parallel import AXIS
@@ -185,37 +184,10 @@ def format_duration(seconds: float) -> str:
   return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
 
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
-  """The loop's top-level config fields, read once.
-
-  num_train_steps: > 0 overrides num_epochs; log_every_steps;
-  eval_every_steps (<= 0: once per epoch); progress_bar.
-  """
-  seed: int = 0
-  num_epochs: float = -1.0
-  num_train_steps: int = -1
-  log_every_steps: int = 100
-  eval_every_steps: int = -1
-  progress_bar: bool = True
-
-  def __post_init__(self):
-    if self.num_train_steps <= 0 and not self.num_epochs > 0:
-      raise UserError("num_train_steps or num_epochs must be > 0, got "
-                      f"{self.num_train_steps} and {self.num_epochs}")
-    settings_lib.check_positive(self, "log_every_steps")
-
-  def total_steps(self, steps_per_epoch: int) -> int:
-    """`num_train_steps` if positive, else `num_epochs` epochs."""
-    if self.num_train_steps > 0:
-      return self.num_train_steps
-    return max(int(math.ceil(self.num_epochs * steps_per_epoch)), 1)
-
-
-def read_settings(config: ml_collections.ConfigDict) -> Settings:
-  names = [f.name for f in dataclasses.fields(Settings)]
-  return settings_lib.from_block(
-      Settings, {k: config[k] for k in names if k in config}, "")
+# The root config's one reader (the seed, length, intervals and progress bar
+# the loop reads are fields of it).
+Settings = run_settings.RunSettings
+read_settings = run_settings.read
 
 
 def num_train_steps(config: ml_collections.ConfigDict,
@@ -415,7 +387,7 @@ def _run(config, workdir, task, mesh, total_steps, steps_per_epoch, t_start,
   writer = MetricWriter(workdir, enabled=is_main, resume_step=start_step)
   train_iter = input_pipeline.TrainIterator(
       task.train_source, global_batch_size=task.batch_size, seed=s.seed,
-      crop_flip=config.dataset.get("crop_flip", False),
+      crop_flip=s.dataset.crop_flip,
       start_step=start_step)
   progress = Progress(total_steps, start_step, task.batch_size,
                       enabled=is_main and s.progress_bar)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from absl import flags
 from ml_collections import config_flags
 
-from advjax import cli, loop, parallel, trainers
+from advjax import cli, loop, parallel, run_settings, trainers
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -38,14 +38,15 @@ flags.DEFINE_bool("distributed_auto", False,
 
 def main(argv):
   del argv  # cli.run refuses positional arguments
-  dist = FLAGS.config.get("distributed") or {}
+  dist = (run_settings.read(FLAGS.config).distributed
+          or run_settings.DistributedSettings())
   parallel.initialize_distributed(
-      FLAGS.coordinator_address or dist.get("coordinator_address") or None,
+      FLAGS.coordinator_address or dist.coordinator_address or None,
       FLAGS.num_processes if FLAGS.num_processes is not None
-      else dist.get("num_processes"),
+      else (dist.num_processes if dist.num_processes >= 0 else None),
       FLAGS.process_id if FLAGS.process_id is not None
-      else dist.get("process_id"),
-      auto=FLAGS.distributed_auto or bool(dist.get("auto", False)))
+      else (dist.process_id if dist.process_id >= 0 else None),
+      auto=FLAGS.distributed_auto or dist.auto)
   trainers.run(FLAGS.config, FLAGS.workdir, loop.RunOptions(
       allow_config_change=FLAGS.allow_config_change))
 

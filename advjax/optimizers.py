@@ -38,6 +38,9 @@ SCHEDULES = ("constant", "piecewise", "cosine", "linear",
              "constant_then_linear")
 
 
+@settings_lib.register("optimizer")
+@settings_lib.register("g_optimizer")
+@settings_lib.register("d_optimizer")
 @dataclasses.dataclass(frozen=True)
 class OptimizerSettings:
   """One optimiser's settings (see the module docstring)."""

@@ -1,13 +1,28 @@
 """Settings read once: config blocks into frozen, validated dataclasses.
 
-Each part of the library that a config steers (an optimiser, a trainer, an
-attack) declares a frozen dataclass whose fields and defaults are the only
-place those settings are defined. `from_block(cls, config_block, where)`
-reads a config block into it once, at start-up: unknown fields, values of the
-wrong type and values out of range are one-line `UserError`s naming
-`config.<where>.<field>`; traced code then reads only the dataclass.
-`to_block(settings)` turns one back into a ConfigDict block (what
-`configs/common.py` uses, so configs start from these defaults).
+One owner for every default: the dataclass. Each part of the library that a
+config steers declares a frozen dataclass whose fields and defaults are the
+only place those settings are defined: the root run settings and the dataset
+(`advjax.run_settings.RunSettings`), checkpoints, optimisers, each trainer's
+block and the blocks it reads (`config.model` where the model registry cannot
+check it, `config.sample`, `config.eval`, `config.distill`), adversarial
+training and every adversary. Configs (`configs/common.py`) build their
+blocks with `to_block(cls, **changes)` and write only what they change; code
+never writes a fallback (`config.get(key, default)`).
+
+`from_block(cls, config_block, where)` (or `read(cls, config, where)`, which
+finds the block in the root config) reads a block once, at start-up: unknown
+fields, values of the wrong type and values out of range are one-line
+`UserError`s naming `config.<where>.<field>`; traced code then reads only the
+dataclass. A field whose value is itself a block is declared with
+`block_field(cls)` and read into `cls` the same way.
+
+Whether a field may change when a run is resumed is metadata on the field:
+`extends_run(default, reason)` marks one that only extends or observes the
+run (its length, an interval, what evaluation measures); every other field is
+part of the run (`advjax.config_changes`). `@register(where)` records which
+config path a dataclass reads, so `extending_fields()` lists every such field
+by its dotted path.
 """
 
 from __future__ import annotations
@@ -15,13 +30,82 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-from typing import Any, Iterable, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 import ml_collections
 
 from advjax.errors import UserError
 
 T = TypeVar("T")
+
+EXTENDS_RUN = "extends_run"  # field metadata: why a change only extends
+BLOCK = "block"  # field metadata: the dataclass of a nested block
+
+# config path ('' = the root) -> the dataclasses that read the block there.
+BLOCKS: dict[str, list[type]] = {}
+
+
+def extends_run(default: Any, reason: str) -> Any:
+  """A dataclass field whose change on resume only extends or observes the
+  run (`reason` says how); see `advjax.config_changes`."""
+  return dataclasses.field(default=default, metadata={EXTENDS_RUN: reason})
+
+
+def block_field(cls: type, default_none: bool = False) -> Any:
+  """A field holding the nested block `cls` (read with `from_block`);
+  `default_none`: absent unless the config gives it."""
+  if default_none:
+    return dataclasses.field(default=None, metadata={BLOCK: cls})
+  return dataclasses.field(default_factory=cls, metadata={BLOCK: cls})
+
+
+def register(where: str) -> Callable[[type[T]], type[T]]:
+  """Class decorator: the dataclass reads the config block at `where`
+  (dotted; '' for the root's own fields). Several trainers may register a
+  dataclass at the same path (each reads its own `config.eval`)."""
+  def add(cls: type[T]) -> type[T]:
+    known = BLOCKS.setdefault(where, [])
+    if cls not in known:
+      known.append(cls)
+    return cls
+  return add
+
+
+def _leaves(cls: type, prefix: str = "") -> Iterable[tuple[str, Any]]:
+  """(dotted path, field) of every field of `cls`, nested blocks walked."""
+  for f in dataclasses.fields(cls):
+    if BLOCK in f.metadata:
+      yield from _leaves(f.metadata[BLOCK], f"{prefix}{f.name}.")
+    else:
+      yield prefix + f.name, f
+
+
+def _registered() -> Iterable[tuple[str, Any]]:
+  """(dotted config path, field) of every field of a registered block."""
+  for where, classes in BLOCKS.items():
+    for cls in classes:
+      yield from _leaves(cls, f"{where}." if where else "")
+
+
+def extending_fields() -> dict[str, str]:
+  """{dotted config path: reason} of every registered field marked
+  `extends_run` (the modules that declare them must have been imported:
+  `advjax.trainers` imports every trainer)."""
+  return dict(sorted((path, f.metadata[EXTENDS_RUN])
+                     for path, f in _registered()
+                     if EXTENDS_RUN in f.metadata))
+
+
+def registered_defaults() -> dict[str, Any]:
+  """{dotted config path: default} of every field of a registered block
+  (the first registered where blocks share a path)."""
+  out: dict[str, Any] = {}
+  for path, f in _registered():
+    if f.default is not dataclasses.MISSING:
+      out.setdefault(path, f.default)
+    elif f.default_factory is not dataclasses.MISSING:
+      out.setdefault(path, f.default_factory())
+  return out
 
 
 def plain(block: Any) -> dict[str, Any]:
@@ -77,6 +161,11 @@ def from_block(cls: type[T], block: Any, where: str, **overrides: Any) -> T:
                     f"its fields are {sorted(fields)}")
   kwargs = {}
   for key, value in given.items():
+    nested = fields[key].metadata.get(BLOCK)
+    if nested is not None:
+      kwargs[key] = None if value is None else from_block(
+          nested, value, f"{where}.{key}" if where else key)
+      continue
     default = fields[key].default
     if default is dataclasses.MISSING and (
         fields[key].default_factory is not dataclasses.MISSING):
@@ -88,12 +177,36 @@ def from_block(cls: type[T], block: Any, where: str, **overrides: Any) -> T:
     raise UserError(f"{prefix}{e}") from None
 
 
+def read(cls: type[T], config: Any, where: str) -> T:
+  """`cls` from the block at the dotted path `where` of the root `config`
+  (an absent block: the defaults)."""
+  block = config
+  for key in where.split("."):
+    block = block[key] if block is not None and key in block else None
+  return from_block(cls, block, where)
+
+
+def _values(settings: Any) -> dict[str, Any]:
+  """The fields of a settings dataclass as a nested dict, leaving out the
+  optional blocks it does not give."""
+  out = {}
+  for f in dataclasses.fields(settings):
+    value = getattr(settings, f.name)
+    if BLOCK in f.metadata:
+      if value is None:
+        continue
+      value = _values(value)
+    out[f.name] = value
+  return out
+
+
 def to_block(settings: Any, **overrides: Any) -> ml_collections.ConfigDict:
-  """A config block holding every field of `settings` (a dataclass or its
-  class: then its defaults), with `overrides`."""
+  """A config block holding every field of `settings` (a dataclass, or its
+  class: then its defaults, with `overrides` checked by the class)."""
   if isinstance(settings, type):
-    settings = settings()
-  values = dataclasses.asdict(settings)
+    settings = settings(**overrides)
+    overrides = {}
+  values = _values(settings)
   values.update(overrides)
   return ml_collections.ConfigDict(values)
 

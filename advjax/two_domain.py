@@ -13,7 +13,7 @@ from __future__ import annotations
 import ml_collections
 import numpy as np
 
-from advjax import input_pipeline
+from advjax import input_pipeline, run_settings
 from advjax.errors import UserError
 
 
@@ -80,13 +80,13 @@ class DomainSource:
   such as Fashion-MNIST); a whole split is read on demand.
   """
 
-  def __init__(self, domain: ml_collections.ConfigDict, split: str,
+  def __init__(self, domain: run_settings.DomainSettings, split: str,
                data_dir: str | None, image_size: int = 0,
                max_examples: int = 0):
     self.description = f"{domain.name} {split}"
     self.image_size = int(image_size)
     source = _tfds_source(domain.name, split, data_dir)
-    label = int(domain.get("label", -1))
+    label = domain.label
     self._source, self._cache = source, None
     if label >= 0:
       self.description += f" class {label}"
@@ -163,17 +163,18 @@ def split_domains(images):
   return images[..., :c], images[..., c:]
 
 
-def _data_dir(config) -> str | None:
-  return config.dataset.get("data_dir") or None
-
-
 def make_domains(config: ml_collections.ConfigDict, train: bool,
                  max_examples: int = 0) -> tuple[DomainSource, DomainSource]:
   """(A, B) domain sources of the train or the eval splits."""
-  ds = config.dataset
+  s = run_settings.read(config)
+  ds = s.dataset
   out = []
-  for domain in (ds.domain_a, ds.domain_b):
+  for name, domain in (("domain_a", ds.domain_a), ("domain_b", ds.domain_b)):
+    if domain is None:
+      raise UserError(f"config.dataset.{name} is required for two-domain "
+                      f"data (a block with name, train_split, eval_split, "
+                      f"label)")
     split = domain.train_split if train else domain.eval_split
-    out.append(DomainSource(domain, split, _data_dir(config),
-                            int(ds.get("image_size", 0)), max_examples))
+    out.append(DomainSource(domain, split, s.data_dir, ds.image_size,
+                            max_examples))
   return out[0], out[1]

@@ -11,11 +11,11 @@ generator; 100 classes; width 256 (about 5M generator / 4M critic params).
 
 import ml_collections
 
-from advjax import config_utils
+from configs import dcgan_cifar10
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = config_utils.base("dcgan_cifar10")
+  config = dcgan_cifar10.get_config()
   config.dataset.name = "cifar100"
   config.model.name = "resnet"
   config.model.latent_dim = 128

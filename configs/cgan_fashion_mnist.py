@@ -8,11 +8,11 @@ extra input channels; DCGAN networks for 28x28x1 images.
 
 import ml_collections
 
-from advjax import config_utils
+from configs import dcgan_cifar10
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = config_utils.base("dcgan_cifar10")
+  config = dcgan_cifar10.get_config()
   config.dataset.name = "fashion_mnist"
   config.model.conditional = True
   config.model.latent_dim = 64

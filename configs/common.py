@@ -1,10 +1,12 @@
 """The blocks every config repeats, in one place.
 
-Config files import this with `common = config_utils.sibling("common")`.
-Blocks of settings the library reads into a dataclass (optimisers, the GAN
-and CycleGAN trainers, adversarial training) start from that dataclass's
-defaults, so each default is written once, in the library; a config states
-only what it changes.
+Config files import this with `from configs import common`. Every block
+starts from the defaults of the settings dataclass that reads it
+(`advjax.settings.to_block`): the root run settings and the dataset
+(`advjax.run_settings`), checkpoints, optimisers, each trainer's block and
+its `model` / `sample` / `eval` / `distill` blocks, adversarial training. So
+each default is written once, in the library, and a config states only what
+it changes.
 """
 
 import ml_collections
@@ -12,10 +14,12 @@ import ml_collections
 from advjax import adversarial_training as adversarial_training_lib
 from advjax import adversaries
 from advjax import checkpoints
-from advjax import config_utils
 from advjax import optimizers
+from advjax import run_settings
 from advjax import settings
 from advjax.errors import UserError
+from advjax.models import gans
+from advjax.trainers import classifier as classifier_trainer
 from advjax.trainers import cyclegan as cyclegan_trainer
 from advjax.trainers import gan as gan_trainer
 
@@ -23,29 +27,26 @@ from advjax.trainers import gan as gan_trainer
 def experiment(trainer: str, dataset_name: str, *, batch_size: int,
                num_epochs: float = -1.0, num_train_steps: int = -1,
                crop_flip: bool = False) -> ml_collections.ConfigDict:
-  """The top of every config: trainer, seed, dataset, compute dtype, batch
-  and length, logging, evaluation and checkpoint intervals."""
-  config = ml_collections.ConfigDict()
-  config.trainer = trainer
-  config.seed = 0
-  config.dataset = dataset(dataset_name, crop_flip=crop_flip)
-  config.dtype = "float32"  # compute dtype; 'bfloat16' on TPU/GPU
-  config.batch_size = batch_size  # global, over all devices and hosts
-  config.num_epochs = float(num_epochs)
-  config.num_train_steps = num_train_steps  # > 0 overrides num_epochs
-  config.log_every_steps = 100
-  config.eval_every_steps = -1  # -1: once per epoch
-  config.progress_bar = True
+  """The top of every config (`advjax.run_settings.RunSettings`: trainer,
+  seed, compute dtype, batch and length, logging and evaluation intervals,
+  the dataset) and its checkpoint block."""
+  config = settings.to_block(
+      run_settings.RunSettings, trainer=trainer, batch_size=batch_size,
+      num_epochs=float(num_epochs), num_train_steps=num_train_steps,
+      dataset=run_settings.DatasetSettings(name=dataset_name,
+                                           crop_flip=crop_flip))
   config.checkpoint = checkpoint()
   return config
 
 
-def dataset(name: str, *, crop_flip: bool = False
-            ) -> ml_collections.ConfigDict:
-  """A tfds dataset; data_dir '' = tfds's default (~/tensorflow_datasets);
-  crop_flip: random crop with 4-pixel padding and horizontal flip (CIFAR)."""
-  return ml_collections.ConfigDict(dict(name=name, data_dir="",
-                                        crop_flip=crop_flip))
+def dataset(name: str, **fields) -> ml_collections.ConfigDict:
+  """A dataset block (`advjax.run_settings.DatasetSettings`)."""
+  return settings.to_block(run_settings.DatasetSettings, name=name, **fields)
+
+
+def domain(name: str, **fields) -> ml_collections.ConfigDict:
+  """One domain of two-domain data (`advjax.run_settings.DomainSettings`)."""
+  return settings.to_block(run_settings.DomainSettings, name=name, **fields)
 
 
 def checkpoint(**fields) -> ml_collections.ConfigDict:
@@ -63,9 +64,46 @@ def gan(**fields) -> ml_collections.ConfigDict:
   return settings.to_block(gan_trainer.Settings, **fields)
 
 
+def gan_model(**fields) -> ml_collections.ConfigDict:
+  """A GAN's `config.model` (`advjax.models.gans.ModelSettings`)."""
+  return settings.to_block(gans.ModelSettings, **fields)
+
+
+def gan_sample(**fields) -> ml_collections.ConfigDict:
+  """A GAN's sample grids (`advjax.trainers.gan.SampleSettings`)."""
+  return settings.to_block(gan_trainer.SampleSettings, **fields)
+
+
+def gan_eval(**fields) -> ml_collections.ConfigDict:
+  """A GAN's evaluation (`advjax.trainers.gan.EvalSettings`)."""
+  return settings.to_block(gan_trainer.EvalSettings, **fields)
+
+
 def cyclegan(**fields) -> ml_collections.ConfigDict:
   """The CycleGAN trainer's block (`advjax.trainers.cyclegan.Settings`)."""
   return settings.to_block(cyclegan_trainer.Settings, **fields)
+
+
+def cyclegan_sample(**fields) -> ml_collections.ConfigDict:
+  """A CycleGAN's translation grids
+  (`advjax.trainers.cyclegan.SampleSettings`)."""
+  return settings.to_block(cyclegan_trainer.SampleSettings, **fields)
+
+
+def cyclegan_eval(**fields) -> ml_collections.ConfigDict:
+  """A CycleGAN's evaluation (`advjax.trainers.cyclegan.EvalSettings`)."""
+  return settings.to_block(cyclegan_trainer.EvalSettings, **fields)
+
+
+def classifier_eval(**fields) -> ml_collections.ConfigDict:
+  """A classifier's `config.eval`
+  (`advjax.trainers.classifier.EvalSettings`)."""
+  return settings.to_block(classifier_trainer.EvalSettings, **fields)
+
+
+def distill(**fields) -> ml_collections.ConfigDict:
+  """`config.distill` (`advjax.trainers.classifier.DistillSettings`)."""
+  return settings.to_block(classifier_trainer.DistillSettings, **fields)
 
 
 def adversarial_training(mode: str = "none",
@@ -75,19 +113,18 @@ def adversarial_training(mode: str = "none",
   return adversarial_training_lib.default_block(mode, **fields)
 
 
-def study_classifier(base: str, mode: str, *,
+def study_classifier(base: ml_collections.ConfigDict, mode: str, *,
                      gan_workdir: str) -> ml_collections.ConfigDict:
-  """A classifier of the study (experiments/study.py): config `base` trained
-  in `mode` ('none' or an adversary that trains), with `eval`: accuracy on
+  """A classifier of the study (experiments/study.py): the config `base`
+  trained in `mode` ('none' or an adversary that trains), with `eval`: accuracy on
   `gan_samples` class-balanced samples of the AC-GAN in `eval.gan_workdir`,
   logged while training (the study sets it)."""
   if mode not in adversaries.training_modes():
     raise UserError(f"study mode {mode!r} is not one of "
                     f"{adversaries.training_modes()}; pass it as "
                     f"--config=<this file>:<mode>")
-  config = config_utils.base(base)
+  config = base
   config.adversarial_training = adversarial_training(
       mode, gan_workdir=gan_workdir)
-  config.eval = ml_collections.ConfigDict(dict(gan_workdir="",
-                                               gan_samples=1000))
+  config.eval = classifier_eval()
   return config

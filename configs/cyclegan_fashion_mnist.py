@@ -16,17 +16,15 @@ an ankle boot and F(b) as a sneaker.
 
 import ml_collections
 
-from advjax import config_utils
+from configs import common, cyclegan_horse2zebra
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = config_utils.base("cyclegan_horse2zebra")
+  config = cyclegan_horse2zebra.get_config()
   config.dataset.name = "fashion_mnist"
   config.dataset.image_size = 0
-  config.dataset.domain_a = ml_collections.ConfigDict(dict(
-      name="fashion_mnist", train_split="train", eval_split="test", label=7))
-  config.dataset.domain_b = ml_collections.ConfigDict(dict(
-      name="fashion_mnist", train_split="train", eval_split="test", label=9))
+  config.dataset.domain_a = common.domain("fashion_mnist", label=7)
+  config.dataset.domain_b = common.domain("fashion_mnist", label=9)
   config.model.generator = ml_collections.ConfigDict(dict(
       width=16, num_blocks=3, num_downsample=2))
   config.model.discriminator = ml_collections.ConfigDict(dict(

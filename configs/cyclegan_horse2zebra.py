@@ -12,23 +12,19 @@ With several devices, raise batch_size to a multiple of their number.
 
 import ml_collections
 
-from advjax import config_utils
-
-common = config_utils.sibling("common")
+from configs import common
 
 
 def get_config() -> ml_collections.ConfigDict:
   config = common.experiment("cyclegan", "cycle_gan/horse2zebra",
                              batch_size=1, num_epochs=200.0)
   config.dataset.image_size = 256  # both domains resized to this (0 = as is)
-  config.dataset.paired = False  # True: example i of A and of B are a pair
-  # label >= 0 keeps only that class of the split.
-  config.dataset.domain_a = ml_collections.ConfigDict(dict(
-      name="cycle_gan/horse2zebra", train_split="trainA", eval_split="testA",
-      label=-1))
-  config.dataset.domain_b = ml_collections.ConfigDict(dict(
-      name="cycle_gan/horse2zebra", train_split="trainB", eval_split="testB",
-      label=-1))
+  # Unpaired; a domain's label >= 0 would keep only that class of its split
+  # (advjax.run_settings.DatasetSettings / DomainSettings).
+  config.dataset.domain_a = common.domain(
+      "cycle_gan/horse2zebra", train_split="trainA", eval_split="testA")
+  config.dataset.domain_b = common.domain(
+      "cycle_gan/horse2zebra", train_split="trainB", eval_split="testB")
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "cyclegan"
@@ -48,12 +44,11 @@ def get_config() -> ml_collections.ConfigDict:
       name="adam", learning_rate=2e-4, b1=0.5, b2=0.999,
       schedule="constant_then_linear", decay_start=0.5)
 
-  config.sample = ml_collections.ConfigDict()
-  config.sample.num_rows = 4  # test images in each translation grid
-
-  config.eval = ml_collections.ConfigDict()
-  config.eval.num_examples = 120  # test images per domain for the metrics
-  config.eval.classifier_workdir = ""  # target-class rate of translations
+  # 4 test images in each translation grid; the metrics on 120 test images
+  # per domain; eval.classifier_workdir: the target-class rate of
+  # translations (advjax.trainers.cyclegan.SampleSettings / EvalSettings).
+  config.sample = common.cyclegan_sample(num_rows=4)
+  config.eval = common.cyclegan_eval(num_examples=120)
 
   config.eval_every_steps = 5000
   config.checkpoint = common.checkpoint(every_steps=5000)

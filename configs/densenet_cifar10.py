@@ -5,10 +5,10 @@
 
 import ml_collections
 
-from advjax import config_utils
+from configs import densenet_cifar100
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = config_utils.base("densenet_cifar100")
+  config = densenet_cifar100.get_config()
   config.dataset.name = "cifar10"
   return config

@@ -10,9 +10,7 @@ Examples" (about 0.8M parameters).
 
 import ml_collections
 
-from advjax import config_utils
-
-common = config_utils.sibling("common")
+from configs import common
 
 
 def get_config() -> ml_collections.ConfigDict:

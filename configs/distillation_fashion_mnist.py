@@ -10,16 +10,15 @@ at the same T, and compares both at T = 1 under FGSM
 
 import ml_collections
 
-from advjax import config_utils
+from configs import common, quickstart
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = config_utils.base("quickstart")
+  config = quickstart.get_config()
   config.trainer = "distillation"
   config.temperature = 20.0
   config.num_epochs = 3.0
-  config.distill = ml_collections.ConfigDict()
-  config.distill.teacher_workdir = ""  # set by the distillation trainer
-  config.distill.eval_eps = (0.05, 0.1, 0.2)
-  config.distill.eval_examples = 2000
+  # FGSM at eps 0.05, 0.1 and 0.2 on 2000 test images; the distillation
+  # trainer sets teacher_workdir (advjax.trainers.classifier.DistillSettings).
+  config.distill = common.distill()
   return config

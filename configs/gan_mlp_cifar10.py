@@ -11,11 +11,11 @@ is balanced.
 
 import ml_collections
 
-from advjax import config_utils
+from configs import dcgan_cifar10
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = config_utils.base("dcgan_cifar10")
+  config = dcgan_cifar10.get_config()
   config.model.name = "mlp"
   config.model.latent_dim = 100
   config.model.generator = ml_collections.ConfigDict(

@@ -8,9 +8,7 @@ Debian's `dataset-fashion-mnist` files. Expect about 91-92% test accuracy.
 
 import ml_collections
 
-from advjax import config_utils
-
-common = config_utils.sibling("common")
+from configs import common
 
 
 def get_config() -> ml_collections.ConfigDict:

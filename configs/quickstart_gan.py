@@ -12,11 +12,11 @@ fixed latent vector) land in <workdir>/images.
 
 import ml_collections
 
-from advjax import config_utils
+from configs import dcgan_cifar10
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = config_utils.base("dcgan_cifar10")
+  config = dcgan_cifar10.get_config()
   config.dataset.name = "fashion_mnist"
   config.model.name = "dcgan"
   config.model.latent_dim = 64
@@ -33,8 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.batch_size = 64
   config.num_epochs = 2.5
   config.num_train_steps = -1
-  config.eval.classifier_workdir = ""  # e.g. /tmp/advjax/quickstart
-  config.eval.samples_per_class = 100
+  # config.eval.classifier_workdir: e.g. /tmp/advjax/quickstart
   config.log_every_steps = 100
   config.eval_every_steps = 500
   config.checkpoint.every_steps = 500

@@ -18,12 +18,10 @@ placeholder). unrestricted runs 500 latent steps per batch (Song et al.
 
 import ml_collections
 
-from advjax import config_utils
-
-common = config_utils.sibling("common")
+from configs import common, densenet_cifar100
 
 
 def get_config(mode: str = "none") -> ml_collections.ConfigDict:
   return common.study_classifier(
-      "densenet_cifar100", mode,
+      densenet_cifar100.get_config(), mode,
       gan_workdir="/tmp/advjax/acgan_cifar100")  # placeholder path

@@ -26,13 +26,11 @@ auxiliary classifier). Times measured here: see experiments/results/.
 
 import ml_collections
 
-from advjax import config_utils
-
-common = config_utils.sibling("common")
+from configs import common, quickstart
 
 
 def get_config(mode: str = "none") -> ml_collections.ConfigDict:
-  config = common.study_classifier("quickstart", mode,
+  config = common.study_classifier(quickstart.get_config(), mode,
                                    gan_workdir="/tmp/advjax/gan")
   config.num_epochs = 1.0
   config.log_every_steps = 25

@@ -9,11 +9,11 @@ with learning rate 5e-5 (the paper's recipe), DCGAN networks.
 
 import ml_collections
 
-from advjax import config_utils
+from configs import dcgan_cifar10
 
 
 def get_config() -> ml_collections.ConfigDict:
-  config = config_utils.base("dcgan_cifar10")
+  config = dcgan_cifar10.get_config()
   config.gan.loss = "wasserstein"
   config.gan.weight_clip = 0.01
   config.gan.critic_steps = 5

@@ -1,13 +1,10 @@
 """Resuming with a changed config: what is accepted, what is refused."""
 
-import fnmatch
-import glob
 import json
-import os
 
-from advjax import checkpoints, config_changes
+from advjax import checkpoints, config_changes, config_utils
 from advjax.config_changes import ABSENT, ConfigChange, compare_configs
-from tests.helpers import ROOT, load_config
+from tests.helpers import load_config
 
 
 def _saved(config):
@@ -55,12 +52,29 @@ def test_unchanged_config_read_back_from_json_has_no_changes():
 
 def test_field_missing_from_the_saved_config_is_a_change_from_absent():
   config = load_config("quickstart_gan")
+  config.eval.samples_per_class = 50
   saved = _saved(config)
-  del saved["gan"]["instance_noise"]
+  saved["gan"].pop("aux_weight_g")  # 1.0 here, 0.0 by default
   saved["eval"].pop("samples_per_class")
+  saved["model"]["old_option"] = 3  # a field this advjax no longer has
   accepted, refused = compare_configs(saved, config)
-  assert refused == [ConfigChange("gan.instance_noise", ABSENT, 0.0)]
-  assert accepted == [ConfigChange("eval.samples_per_class", ABSENT, 100)]
+  assert refused == [ConfigChange("gan.aux_weight_g", ABSENT, 1.0),
+                     ConfigChange("model.old_option", 3, ABSENT)]
+  assert accepted == [ConfigChange("eval.samples_per_class", ABSENT, 50)]
+
+
+def test_field_missing_at_its_default_is_no_change():
+  """A config saved before a field existed resumes under a config holding
+  that field at its default (the dataclass's)."""
+  config = load_config("quickstart_gan")
+  saved = _saved(config)
+  del saved["gan"]["instance_noise"]  # default 0.0
+  del saved["dataset"]["image_size"]  # default 0
+  del saved["temperature"]  # default 1.0
+  saved["eval"].pop("samples_per_class")  # default 100
+  saved["g_optimizer"].pop("weight_decay")
+  assert compare_configs(saved, config) == ([], [])
+  assert compare_configs(config, saved) == ([], [])
 
 
 def test_refused_message_is_one_line_with_both_ways_forward():
@@ -86,12 +100,38 @@ def test_accepted_message_lists_old_and_new_values():
 
 def test_every_extending_field_names_a_field_of_a_shipped_config():
   fields = set()
-  for path in glob.glob(os.path.join(ROOT, "configs", "*.py")):
-    name = os.path.basename(path)[:-3]
-    if name == "common":  # shared blocks, not an experiment
-      continue
+  for name in config_utils.names():
     if name.startswith("study_"):
       name += ":pgd"
     fields |= set(config_changes.flatten(load_config(name)))
-  for pattern in config_changes.EXTENDING_FIELDS:
-    assert any(fnmatch.fnmatchcase(f, pattern) for f in fields), pattern
+  extending = config_changes.extending_fields()
+  assert extending and set(extending) <= fields, set(extending) - fields
+
+
+def test_whether_a_field_extends_a_run_is_metadata_of_its_dataclass():
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  from advjax import run_settings, settings  # pylint: disable=g-import-not-at-top
+  from advjax.trainers import gan  # pylint: disable=g-import-not-at-top
+  field = {f.name: f for f in dataclasses.fields(gan.EvalSettings)}
+  assert field["samples_per_class"].metadata[settings.EXTENDS_RUN]
+  assert config_changes.is_extending("eval.samples_per_class")
+  assert config_changes.is_extending("num_train_steps")
+  assert config_changes.is_extending("dataset.data_dir")
+  assert not config_changes.is_extending("dataset.name")
+  assert not config_changes.is_extending("seed")
+  assert not config_changes.is_extending("checkpoint.best_metric")
+  assert not hasattr(config_changes, "EXTENDING_FIELDS")
+
+  @settings.register("toy")
+  @dataclasses.dataclass(frozen=True)
+  class Toy:
+    interval: int = settings.extends_run(5, "toy interval")
+    size: int = 3
+
+  try:
+    assert config_changes.is_extending("toy.interval")
+    assert not config_changes.is_extending("toy.size")
+  finally:
+    settings.BLOCKS.pop("toy")
+  assert "num_epochs" in settings.extending_fields()
+  assert run_settings.RunSettings in settings.BLOCKS[""]

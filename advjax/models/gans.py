@@ -28,6 +28,7 @@ replaceable with `init_reference`.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -35,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from advjax import settings as settings_lib
 from advjax.errors import UserError
 from advjax.models import registry
 from advjax.models.conv import Conv, ConvTranspose
@@ -483,31 +485,55 @@ class ResNetCritic(nn.Module):
 # ---------------------------------------------------------------------------
 # Building from a config.
 
+@dataclasses.dataclass(frozen=True)
+class ModelSettings:
+  """`config.model` of a GAN: what the model registry cannot check.
+
+  name: the family (`registry.names('generator')`); latent_dim: of z;
+  conditional: on the dataset's classes; reference_batch_size: of virtual
+  BatchNorm's fixed reference batch (read by the trainer); generator /
+  discriminator: keyword arguments of each player's module (checked by the
+  registry against the module's fields).
+  """
+  name: str = "dcgan"
+  latent_dim: int = 100
+  conditional: bool = False
+  reference_batch_size: int = 64
+  generator: dict = dataclasses.field(default_factory=dict)
+  discriminator: dict = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    if self.latent_dim < 1:
+      raise UserError(f"latent_dim must be >= 1, not {self.latent_dim}")
+    settings_lib.check_positive(self, "reference_batch_size")
+
+
 # Keys of `config.model` shared by both players (not module fields).
-SHARED_KEYS = ("name", "latent_dim", "conditional", "reference_batch_size",
-               "generator", "discriminator")
+SHARED_KEYS = tuple(f.name for f in dataclasses.fields(ModelSettings))
 
 
-def _build(role: str, model_config, num_classes: int, image_shape,
-           axis_name, dtype):
+def read_model(model_config: Any) -> ModelSettings:
+  """The `ModelSettings` of a GAN's `config.model`."""
   cfg = registry.as_dict(model_config)
   extra = sorted(set(cfg) - set(SHARED_KEYS))
   if extra:
     raise UserError(f"unknown model option(s) {extra}; GAN models take "
                     f"{list(SHARED_KEYS)}, with per-player options under "
                     f"model.generator / model.discriminator")
-  if int(cfg.get("latent_dim", 1)) < 1:
-    raise UserError(f"model.latent_dim must be >= 1, not "
-                    f"{cfg['latent_dim']}")
-  conditional = bool(cfg.get("conditional", num_classes > 0))
-  if conditional and num_classes <= 0:
+  return settings_lib.from_block(ModelSettings, cfg, "model")
+
+
+def _build(role: str, model_config, num_classes: int, image_shape,
+           axis_name, dtype):
+  m = read_model(model_config)
+  if m.conditional and num_classes <= 0:
     raise UserError("model.conditional=True needs a dataset with classes "
                     "(num_classes > 0)")
-  _check_image_shape(image_shape, f"GAN model '{cfg.get('name')}'")
+  _check_image_shape(image_shape, f"GAN model '{m.name}'")
   return registry.create(
-      role, cfg.get("name"), cfg.get(role),
+      role, m.name, getattr(m, role),
       image_shape=tuple(int(s) for s in image_shape),
-      num_classes=int(num_classes) if conditional else 0,
+      num_classes=int(num_classes) if m.conditional else 0,
       axis_name=axis_name, dtype=dtype)
 
 
@@ -519,9 +545,9 @@ def create_generator(model_config, num_classes: int,
   `model_config.name` names the family (`registry.names('generator')`:
   'mlp', 'dcgan', 'resnet'); `model_config.generator` holds keyword arguments
   of the module (e.g. width); `latent_dim`, `conditional` and
-  `reference_batch_size` are shared and read by the trainer. The model is
-  conditional on `num_classes` classes when `model_config.conditional`
-  (default: num_classes > 0).
+  `reference_batch_size` are shared and read by the trainer
+  (`ModelSettings`). The model is conditional on `num_classes` classes when
+  `model_config.conditional`.
   """
   return _build("generator", model_config, num_classes, image_shape,
                 axis_name, dtype)

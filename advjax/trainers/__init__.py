@@ -14,7 +14,7 @@ import types
 
 import ml_collections
 
-from advjax import fileio, loop
+from advjax import fileio, loop, run_settings
 from advjax.errors import UserError
 from advjax.trainers import classifier, cyclegan, distillation, gan
 
@@ -26,7 +26,7 @@ TRAINERS: dict[str, types.ModuleType] = {
 def run(config: ml_collections.ConfigDict, workdir: str,
         options: loop.RunOptions = loop.RunOptions()) -> dict[str, float]:
   """Runs the trainer `config.trainer` names; returns its final metrics."""
-  name = config.get("trainer", "classifier")
+  name = run_settings.read(config).trainer
   if name not in TRAINERS:
     raise UserError(f"config.trainer '{name}' is not one of "
                     f"{sorted(TRAINERS)}")

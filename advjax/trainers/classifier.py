@@ -36,7 +36,7 @@ from jax.sharding import PartitionSpec as P
 
 from advjax import (adversarial_training, example_rng, inference,
                     input_pipeline, loop, losses, models, optimizers,
-                    parallel)
+                    parallel, run_settings)
 from advjax import settings as settings_lib
 from advjax.errors import UserError
 from advjax.parallel import AXIS
@@ -44,7 +44,6 @@ from advjax.parallel import AXIS
 SECTIONS = ("dataset", "model", "optimizer")
 EXAMPLE_CONFIG = "configs/quickstart.py"
 TRAINER = "classifier"
-COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -63,32 +62,37 @@ class TrainState(flax.struct.PyTreeNode):
   tx: Any = flax.struct.field(pytree_node=False, default=None)
 
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
-  """The classifier trainer's own top-level config fields, read once.
+# The classifier's own top-level fields (label_smoothing, temperature,
+# dtype, eval_batch_size) are fields of the root's one reader.
+read_settings = run_settings.read
 
-  label_smoothing: of the cross-entropy with hard labels (Szegedy et al.
-    2016); temperature: softmax temperature T of the loss (defensive
-    distillation trains teacher and student at T > 1); dtype: compute dtype;
-  eval_batch_size: 0 = batch_size.
-  """
-  label_smoothing: float = 0.0
-  temperature: float = 1.0
-  dtype: str = "float32"
-  eval_batch_size: int = 0
+
+@settings_lib.register("eval")
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+  """`config.eval` of a classifier: gan_workdir ('' = off) adds
+  `eval/gan_sample_accuracy`, the accuracy on `gan_samples` fixed
+  class-balanced samples of that AC-GAN run."""
+  gan_workdir: str = settings_lib.extends_run("", "evaluation only")
+  gan_samples: int = settings_lib.extends_run(1000, "evaluation only")
 
   def __post_init__(self):
-    settings_lib.check_in_unit_interval(self, "label_smoothing")
-    settings_lib.check_positive(self, "temperature")
-    settings_lib.check_choice(self, "dtype", COMPUTE_DTYPES)
-    settings_lib.check_nonnegative(self, "eval_batch_size")
+    settings_lib.check_positive(self, "gan_samples")
 
 
-def read_settings(config: ml_collections.ConfigDict) -> Settings:
-  """The trainer's `Settings` from the config's top-level fields."""
-  names = [f.name for f in dataclasses.fields(Settings)]
-  return settings_lib.from_block(
-      Settings, {k: config[k] for k in names if k in config}, "")
+@settings_lib.register("distill")
+@dataclasses.dataclass(frozen=True)
+class DistillSettings:
+  """`config.distill` (defensive distillation, `advjax.trainers.distillation`):
+  teacher_workdir ('' = train on the labels) of the teacher whose soft labels
+  a student learns; the comparison's FGSM `eval_eps` and `eval_examples`."""
+  teacher_workdir: str = ""
+  eval_eps: tuple[float, ...] = settings_lib.extends_run(
+      (0.05, 0.1, 0.2), "evaluation only")
+  eval_examples: int = settings_lib.extends_run(2000, "evaluation only")
+
+  def __post_init__(self):
+    settings_lib.check_positive(self, "eval_examples")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,7 +284,8 @@ def array_eval_batches(images: np.ndarray, labels: np.ndarray,
 
 def _teacher(config: ml_collections.ConfigDict, dataset: str
              ) -> inference.Classifier | None:
-  teacher_dir = config.get("distill", {}).get("teacher_workdir", "")
+  teacher_dir = settings_lib.read(DistillSettings, config,
+                                  "distill").teacher_workdir
   if not teacher_dir:
     return None
   teacher = inference.restore(teacher_dir, kind="classifier")
@@ -306,7 +311,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   eval_batch_size = s.eval_batch_size or config.batch_size
   input_pipeline.validate_batch_size(eval_batch_size, mesh.size,
                                      jax.process_count())
-  data_dir = config.dataset.get("data_dir") or None
+  data_dir = s.data_dir
   train_source = input_pipeline.get_source(info.name, info.train_split,
                                            data_dir)
   eval_source = input_pipeline.get_source(info.name, info.eval_split, data_dir)
@@ -342,11 +347,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   p_eval_step = parallel.data_parallel(eval_step, mesh,
                                        in_specs=(P(), P(AXIS)), out_specs=P())
   gan_batches = None
-  gan_dir = config.get("eval", {}).get("gan_workdir", "")
-  if gan_dir:
+  e = settings_lib.read(EvalSettings, config, "eval")
+  if e.gan_workdir:
     images, labels = gan_eval_samples(
-        gan_dir, info.num_classes, info.image_shape,
-        int(config.eval.get("gan_samples", 1000)), seed=config.seed)
+        e.gan_workdir, info.num_classes, info.image_shape, e.gan_samples,
+        seed=s.seed)
     gan_batches = array_eval_batches(images, labels, eval_batch_size)
 
   def evaluate_all(state, step, writer):

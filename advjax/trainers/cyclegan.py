@@ -42,7 +42,7 @@ import ml_collections
 import numpy as np
 
 from advjax import (inference, input_pipeline, loop, losses, optimizers,
-                    parallel, two_domain)
+                    parallel, run_settings, two_domain)
 from advjax import settings as settings_lib
 from advjax.metric_writers import MetricWriter, image_grid
 from advjax.models import count_params
@@ -56,6 +56,7 @@ TRAINER = "cyclegan"
 DIRECTIONS = inference.DIRECTIONS
 
 
+@settings_lib.register("cyclegan")
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """`config.cyclegan`, read once.
@@ -91,7 +92,30 @@ class Settings:
 
 
 def read_settings(config: ml_collections.ConfigDict) -> Settings:
-  return settings_lib.from_block(Settings, config.get("cyclegan"), "cyclegan")
+  return settings_lib.read(Settings, config, "cyclegan")
+
+
+@settings_lib.register("sample")
+@dataclasses.dataclass(frozen=True)
+class SampleSettings:
+  """`config.sample`: `num_rows` test images in each translation grid."""
+  num_rows: int = settings_lib.extends_run(8, "sample images only")
+
+  def __post_init__(self):
+    settings_lib.check_positive(self, "num_rows")
+
+
+@settings_lib.register("eval")
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+  """`config.eval` of a CycleGAN: the metrics on `num_examples` test images
+  per domain; with `classifier_workdir` ('' = off), how often that
+  classifier gives each translation its target domain's class."""
+  num_examples: int = settings_lib.extends_run(1000, "evaluation only")
+  classifier_workdir: str = settings_lib.extends_run("", "evaluation only")
+
+  def __post_init__(self):
+    settings_lib.check_positive(self, "num_examples")
 
 
 # ---------------------------------------------------------------------------
@@ -153,7 +177,7 @@ class CycleGANState(flax.struct.PyTreeNode):
 
 
 def create_models(config: ml_collections.ConfigDict, channels: int):
-  dtype = jnp.dtype(config.get("dtype", "float32"))
+  dtype = jnp.dtype(run_settings.read(config).dtype)
   return (cyclegan_models.create_generator(config.model, channels, dtype),
           cyclegan_models.create_discriminator(config.model, dtype))
 
@@ -349,13 +373,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """Trains the CycleGAN of `config`, resuming from `workdir` if possible."""
   t_start = time.time()
   s = read_settings(config)
+  dataset = run_settings.read(config).dataset
   mesh = parallel.make_mesh()
   input_pipeline.validate_batch_size(config.batch_size, mesh.size,
                                      jax.process_count())
   domain_a, domain_b = two_domain.make_domains(config, train=True)
   train_source = two_domain.TwoDomainSource(domain_a, domain_b, int(config.seed),
-                                 paired=bool(config.dataset.get("paired",
-                                                                False)))
+                                 paired=dataset.paired)
   image_shape = train_source.image_shape  # of one domain's images
   steps_per_epoch = max(len(train_source) // config.batch_size, 1)
   total_steps = loop.num_train_steps(config, steps_per_epoch)
@@ -372,13 +396,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       loop.describe_run(mesh, total_steps, config.batch_size)]))
 
   translate = make_translate_fn(create_models(config, image_shape[-1])[0])
-  n_eval = int(config.eval.get("num_examples", 1000))
+  e = settings_lib.read(EvalSettings, config, "eval")
+  n_eval = e.num_examples
   eval_a, eval_b = two_domain.make_domains(config, train=False,
                                            max_examples=n_eval)
   images_a = input_pipeline.to_float_image(eval_a.read(range(len(eval_a))))
   images_b = input_pipeline.to_float_image(eval_b.read(range(len(eval_b))))
-  n_grid = int(config.sample.get("num_rows", 8))
-  judge = config.eval.get("classifier_workdir")
+  n_grid = settings_lib.read(SampleSettings, config, "sample").num_rows
+  judge = e.classifier_workdir
   classifier = inference.restore(judge, kind="classifier") if judge else None
 
   def evaluate(state: CycleGANState, step: int,
@@ -389,8 +414,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     writer.write_images(step, {"translations": grid})
     return evaluate_translations(
         translate, g_params, images_a, images_b, classifier,
-        int(config.dataset.domain_a.get("label", -1)),
-        int(config.dataset.domain_b.get("label", -1)))
+        dataset.domain_a.label, dataset.domain_b.label)
 
   def summary(metrics: dict[str, float]) -> str:
     text = f"translations in {workdir}/images"

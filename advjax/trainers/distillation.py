@@ -22,6 +22,7 @@ import jax
 import ml_collections
 
 from advjax import evaluate, fileio, inference, loop
+from advjax import settings as settings_lib
 from advjax.trainers import classifier
 
 SECTIONS = ("dataset", "model", "optimizer", "distill")
@@ -53,13 +54,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   classifier.train_and_evaluate(_classifier_config(config, teacher_dir),
                            student_dir)
 
-  eps_list = [float(e) for e in config.distill.eval_eps]
+  d = settings_lib.read(classifier.DistillSettings, config, "distill")
+  eps_list = list(d.eval_eps)
   results = {}
   for name, path in (("teacher", teacher_dir), ("student", student_dir)):
     results[name] = evaluate.robustness(
         inference.restore(path, kind="classifier"), eps_list=eps_list,
         attack_names=("fgsm",),
-        num_examples=int(config.distill.eval_examples))
+        num_examples=d.eval_examples)
     results[name].pop("examples")
   lines = [f"Defensive distillation at T = {config.temperature:g}, evaluated "
            f"at T = 1 on {results['teacher']['num_examples']} test images", "",

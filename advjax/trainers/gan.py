@@ -48,7 +48,7 @@ import ml_collections
 import numpy as np
 
 from advjax import (example_rng, inference, input_pipeline, loop, losses,
-                    optimizers, parallel)
+                    optimizers, parallel, run_settings)
 from advjax import settings as settings_lib
 from advjax.errors import UserError
 from advjax.metric_writers import MetricWriter, image_grid
@@ -60,6 +60,7 @@ EXAMPLE_CONFIG = "configs/quickstart_gan.py"
 TRAINER = "gan"
 
 
+@settings_lib.register("gan")
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """`config.gan` (see the module docstring): every default of the GAN
@@ -107,7 +108,34 @@ class Settings:
 
 
 def read_settings(config: ml_collections.ConfigDict) -> Settings:
-  return settings_lib.from_block(Settings, config.get("gan"), "gan")
+  return settings_lib.read(Settings, config, "gan")
+
+
+@settings_lib.register("sample")
+@dataclasses.dataclass(frozen=True)
+class SampleSettings:
+  """`config.sample`: the sample grids written at evaluation, a column per
+  fixed latent vector (`num_columns`) and, for a conditional GAN, a row per
+  class of `classes` (() = the first 10)."""
+  num_columns: int = settings_lib.extends_run(10, "sample images only")
+  classes: tuple[int, ...] = settings_lib.extends_run((),
+                                                      "sample images only")
+
+  def __post_init__(self):
+    settings_lib.check_positive(self, "num_columns")
+
+
+@settings_lib.register("eval")
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+  """`config.eval` of a GAN: with `classifier_workdir` ('' = off), how often
+  that trained classifier gives the conditioning class to
+  `samples_per_class` samples of each class."""
+  classifier_workdir: str = settings_lib.extends_run("", "evaluation only")
+  samples_per_class: int = settings_lib.extends_run(100, "evaluation only")
+
+  def __post_init__(self):
+    settings_lib.check_positive(self, "samples_per_class")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +175,7 @@ class GANState(flax.struct.PyTreeNode):
 
 def num_classes_of(config: ml_collections.ConfigDict) -> int:
   """Classes of the conditioning: the dataset's, or 0 (unconditional)."""
-  if not config.model.get("conditional", False):
+  if not gans.read_model(config.model).conditional:
     return 0
   return input_pipeline.get_dataset_info(config.dataset.name).num_classes
 
@@ -155,7 +183,7 @@ def num_classes_of(config: ml_collections.ConfigDict) -> int:
 def create_models(config: ml_collections.ConfigDict, num_classes: int,
                   image_shape: tuple[int, int, int],
                   axis_name: str | None = AXIS):
-  dtype = jnp.dtype(config.get("dtype", "float32"))
+  dtype = jnp.dtype(run_settings.read(config).dtype)
   return (gans.create_generator(config.model, num_classes, image_shape,
                                 axis_name=axis_name, dtype=dtype),
           gans.create_discriminator(config.model, num_classes, image_shape,
@@ -175,8 +203,9 @@ def create_train_state(config: ml_collections.ConfigDict, num_classes: int,
   s = read_settings(config)
   generator, discriminator = create_models(config, num_classes, image_shape)
   g_rng, d_rng, ref_rng = jax.random.split(rng, 3)
-  n_ref = int(config.model.get("reference_batch_size", 64))
-  z = gans.sample_latents(ref_rng, n_ref, int(config.model.latent_dim))
+  m = gans.read_model(config.model)
+  n_ref = m.reference_batch_size
+  z = gans.sample_latents(ref_rng, n_ref, m.latent_dim)
   labels = (jax.random.randint(jax.random.fold_in(ref_rng, 1), (n_ref,), 0,
                                num_classes) if num_classes else None)
   g_vars = jax.jit(functools.partial(generator.init, train=False))(
@@ -436,7 +465,7 @@ def make_train_step(config: ml_collections.ConfigDict, num_classes: int
   """`train_step` with the config's settings bound (what the loop runs)."""
   return functools.partial(train_step, settings=read_settings(config),
                            num_classes=num_classes,
-                           latent_dim=int(config.model.latent_dim))
+                           latent_dim=gans.read_model(config.model).latent_dim)
 
 
 # ---------------------------------------------------------------------------
@@ -455,17 +484,17 @@ def make_generate_fn(generator) -> Callable[..., jax.Array]:
 def grid_latents(config: ml_collections.ConfigDict, num_columns: int):
   """The fixed latent vectors of the sample grids (one per column)."""
   return gans.sample_latents(jax.random.key(int(config.seed) + 7),
-                             num_columns, int(config.model.latent_dim))
+                             num_columns, gans.read_model(config.model).latent_dim)
 
 
 def sample_grid(generate, g_params, g_state, config, num_classes: int
                 ) -> np.ndarray:
   """A row per class, a column per fixed latent vector (unconditional: a
   square of samples)."""
-  cols = int(config.sample.get("num_columns", 10))
+  sample = settings_lib.read(SampleSettings, config, "sample")
+  cols = sample.num_columns
   if num_classes:
-    classes = list(config.sample.get("classes", ())) or list(
-        range(min(num_classes, 10)))
+    classes = list(sample.classes) or list(range(min(num_classes, 10)))
     z = jnp.tile(grid_latents(config, cols), (len(classes), 1))
     y = jnp.repeat(jnp.asarray(classes, jnp.int32), cols)
     images = generate(g_params, g_state, z, y)
@@ -506,7 +535,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   step_batch = k * config.batch_size
   input_pipeline.validate_batch_size(config.batch_size, mesh.size,
                                      jax.process_count())
-  data_dir = config.dataset.get("data_dir") or None
+  data_dir = run_settings.read(config).data_dir
   train_source = input_pipeline.get_source(info.name, info.train_split,
                                            data_dir)
   steps_per_epoch = max(len(train_source) // step_batch, 1)
@@ -522,7 +551,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   generate = make_generate_fn(
       create_models(config, num_classes, info.image_shape, axis_name=None)[0])
-  judge = config.eval.get("classifier_workdir")
+  e = settings_lib.read(EvalSettings, config, "eval")
+  judge = e.classifier_workdir
   classifier = inference.restore(judge, kind="classifier") if judge else None
 
   def evaluate(state: GANState, step: int,
@@ -537,8 +567,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       metrics["eval/classifier_accuracy_on_samples"] = (
           classifier_accuracy_on_samples(
               generate, host["g_params"], host["g_state"], classifier,
-              num_classes, int(config.eval.get("samples_per_class", 100)),
-              int(config.seed), int(config.model.latent_dim)))
+              num_classes, e.samples_per_class,
+              int(config.seed), gans.read_model(config.model).latent_dim))
     return metrics
 
   def summary(metrics: dict[str, float]) -> str:
