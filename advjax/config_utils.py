@@ -16,7 +16,8 @@ As with ml_collections' `--config=path.py:arg`, a path or name may end in
 
 A mistake inside a config file (a syntax error, an exception while it is
 imported or in its `get_config`) is one `UserError` line that names the
-file and line where it happened (`configs/x.py:12: NameError: ...`), with the
+file and line where it happened (`config file configs/x.py:12 raised
+NameError: ...`), with the
 original exception as its cause.
 """
 
@@ -113,8 +114,11 @@ def _first_line(e: BaseException) -> str:
 
 
 def _fail(e: Exception, folder: str) -> UserError:
-  return UserError(f"{_where(e, folder)}: {type(e).__name__}: "
-                   f"{_first_line(e)}")
+  if isinstance(e, SyntaxError):
+    return UserError(f"syntax error in config file {_where(e, folder)}: "
+                     f"{_first_line(e)}")
+  return UserError(f"config file {_where(e, folder)} raised "
+                   f"{type(e).__name__}: {_first_line(e)}")
 
 
 def use_package(folder: str) -> None:
