@@ -25,23 +25,19 @@ from advjax.trainers import gan as gan_trainer
 
 
 def experiment(trainer: str, dataset_name: str, *, batch_size: int,
-               num_epochs: float = -1.0, num_train_steps: int = -1,
-               crop_flip: bool = False) -> ml_collections.ConfigDict:
+               dataset_fields=None, **fields) -> ml_collections.ConfigDict:
   """The top of every config (`advjax.run_settings.RunSettings`: trainer,
-  seed, compute dtype, batch and length, logging and evaluation intervals,
-  the dataset) and its checkpoint block."""
+  seed, compute dtype, batch and length (`num_epochs`, `num_train_steps`),
+  logging and evaluation intervals; `fields` change them), its dataset
+  (`dataset_fields`: `advjax.run_settings.DatasetSettings`) and its
+  checkpoint block."""
   config = settings.to_block(
       run_settings.RunSettings, trainer=trainer, batch_size=batch_size,
-      num_epochs=float(num_epochs), num_train_steps=num_train_steps,
       dataset=run_settings.DatasetSettings(name=dataset_name,
-                                           crop_flip=crop_flip))
+                                           **(dataset_fields or {})),
+      **fields)
   config.checkpoint = checkpoint()
   return config
-
-
-def dataset(name: str, **fields) -> ml_collections.ConfigDict:
-  """A dataset block (`advjax.run_settings.DatasetSettings`)."""
-  return settings.to_block(run_settings.DatasetSettings, name=name, **fields)
 
 
 def domain(name: str, **fields) -> ml_collections.ConfigDict:

@@ -15,7 +15,8 @@ from configs import common
 
 def get_config() -> ml_collections.ConfigDict:
   config = common.experiment("classifier", "cifar100", batch_size=64,
-                             num_epochs=300.0, crop_flip=True)
+                             num_epochs=300.0,
+                             dataset_fields=dict(crop_flip=True))
   config.model = ml_collections.ConfigDict(dict(
       name="densenet", depth=100, growth_rate=12, compression=0.5,
       bottleneck=True, dropout_rate=0.0))

@@ -103,8 +103,8 @@ class StepSettings:
   `frozen['teacher']`); plan: the adversarial-training plan (the GAN's
   variables are `frozen['gan']`).
   """
-  label_smoothing: float = 0.0
-  temperature: float = 1.0
+  label_smoothing: float = run_settings.RunSettings.label_smoothing
+  temperature: float = run_settings.RunSettings.temperature
   teacher: Any = None
   plan: adversarial_training.Plan | None = None
 

@@ -123,7 +123,7 @@ class EvalSettings:
 
 
 def image_pool_query(pool: jax.Array, count: jax.Array, fakes: jax.Array,
-                     rng: jax.Array, prob: float = 0.5
+                     rng: jax.Array, prob: float = Settings.pool_prob
                      ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Passes `fakes` [n, ...] through the pool, one image after the other.
 
