@@ -24,9 +24,9 @@ from advjax import fid
 from advjax import fileio
 from advjax import inception
 from advjax.errors import UserError
+from tests import helpers
 
 REPO = Path(__file__).resolve().parents[1]
-TORCH_PY = REPO / ".ci" / "torch-venv" / "bin" / "python"
 DUMP_SCRIPT = REPO / "tests" / "torch_reference" / "dump_fid_inception.py"
 
 
@@ -38,9 +38,7 @@ DUMP_SCRIPT = REPO / "tests" / "torch_reference" / "dump_fid_inception.py"
 @pytest.fixture(scope="module")
 def torch_reference(tmp_path_factory):
   """Run the dump script once; returns (out_dir, reference arrays)."""
-  if not TORCH_PY.exists():
-    pytest.skip(f"torch reference env not found at {TORCH_PY}; create it "
-                f"with `bash .ci/torch_env.sh`")
+  torch_py = helpers.torch_python()
   # One dump per pytest run, shared by pytest-xdist workers (their basetemps
   # share a parent); a lock makes the other workers wait for the first.
   digest = hashlib.sha1(DUMP_SCRIPT.read_bytes()).hexdigest()[:12]
@@ -52,7 +50,7 @@ def torch_reference(tmp_path_factory):
     fcntl.flock(lock, fcntl.LOCK_EX)
     if not (out / "reference.npz").exists():
       start = time.time()
-      proc = subprocess.run([str(TORCH_PY), str(DUMP_SCRIPT), str(out)],
+      proc = subprocess.run([torch_py, str(DUMP_SCRIPT), str(out)],
                             capture_output=True, text=True, timeout=900)
       assert proc.returncode == 0, (
           f"dump script failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
