@@ -208,6 +208,21 @@ class PendingDigests:
     return done
 
 
+def free_name(directory: Any, prefix: str, now: float | None = None
+              ) -> tuple[epath.Path, str]:
+  """(`<directory>/<prefix>-<UTC time>[-k]` that does not exist yet, the
+  time stamp): where something is moved aside."""
+  directory = epath.Path(directory)
+  stamp = time.strftime("%Y%m%dT%H%M%SZ",
+                        time.gmtime(time.time() if now is None else now))
+  target = directory / f"{prefix}-{stamp}"
+  suffix = 1
+  while target.exists():
+    suffix += 1
+    target = directory / f"{prefix}-{stamp}-{suffix}"
+  return target, stamp
+
+
 def quarantine(checkpoint_dir: Any, step: int, reason: str,
                now: float | None = None) -> epath.Path:
   """Moves `<checkpoint_dir>/<step>` to `<step>.unreadable-<UTC time>` and
@@ -219,13 +234,7 @@ def quarantine(checkpoint_dir: Any, step: int, reason: str,
   """
   directory = epath.Path(checkpoint_dir)
   source = directory / str(int(step))
-  stamp = time.strftime("%Y%m%dT%H%M%SZ",
-                        time.gmtime(time.time() if now is None else now))
-  target = directory / f"{int(step)}.unreadable-{stamp}"
-  suffix = 1
-  while target.exists():
-    suffix += 1
-    target = directory / f"{int(step)}.unreadable-{stamp}-{suffix}"
+  target, stamp = free_name(directory, f"{int(step)}.unreadable", now)
   source.rename(target)
   try:
     (target / NOTE_NAME).write_text(
