@@ -415,11 +415,6 @@ class Checkpoint:
     """The name of the trainer that wrote it ('classifier', 'gan', ...)."""
     return self.meta.get("trainer", "classifier")
 
-  def fingerprint(self) -> str:
-    """The digest of this step's files (`integrity.fingerprint`)."""
-    return integrity.fingerprint(
-        fileio.join(checkpoint_dir(self.workdir), str(self.step)))
-
 
 def _handlers() -> dict[str, Any]:
   return {STATE: ocp.StandardCheckpointHandler(),
@@ -506,6 +501,32 @@ def load(workdir: str, step: int | None = None,
       return Checkpoint(config=config, state=state, meta=meta, step=s,
                         workdir=workdir)
     raise UserError(f"no readable checkpoint in '{workdir}'")
+  finally:
+    mngr.close()
+
+
+def fingerprint(workdir: str, step: int) -> str:
+  """The digest of the files of `workdir`'s step (`integrity.fingerprint`)."""
+  return integrity.fingerprint(fileio.join(checkpoint_dir(workdir), str(step)))
+
+
+def newest_meta(workdir: str) -> dict[str, Any]:
+  """The meta of `workdir`'s newest step whose meta is intact ({} without
+  one), read before the run restores anything (the frozen models it pins,
+  `advjax.frozen_models`); an error other than damage is a RestoreError."""
+  directory = checkpoint_dir(workdir)
+  if not fileio.isdir(directory):
+    return {}
+  mngr = _read_only_manager(directory)
+  try:
+    for s in reversed(sorted(mngr.all_steps())):
+      try:
+        return dict(mngr.restore(s, args=ocp.args.Composite(
+            **{META: ocp.args.JsonRestore()}))[META])
+      except Exception as e:  # pylint: disable=broad-except
+        if not is_damage(e, fileio.join(directory, str(s))):
+          raise RestoreError(restore_error_message(directory, s, e)) from None
+    return {}
   finally:
     mngr.close()
 

@@ -36,7 +36,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from advjax import (checkpoints, config_changes, input_pipeline,
+from advjax import (checkpoints, config_changes, frozen_models, input_pipeline,
                     metric_writers, parallel, run_lock)
 from advjax import settings as settings_lib
 from advjax.errors import TrainingDiverged, UserError
@@ -242,6 +242,9 @@ class Task:
     loss_key: the metric shown in the progress bar.
     frozen: variables of frozen models the step reads but never updates
       (host arrays; replicated once, passed to every step, never saved).
+    frozen_pins: the step and digest of every frozen model the run read
+      (`frozen_models.Pins.records`), saved in each checkpoint's meta and
+      compared on resume.
 
   The loop owns `state`: when the work directory has checkpoints, its
   device buffers are freed before the restore (a host copy is kept), so
@@ -256,6 +259,7 @@ class Task:
   summary: Callable[[dict[str, float]], str]
   loss_key: str = "loss"
   frozen: Any = dataclasses.field(default_factory=dict)
+  frozen_pins: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,6 +355,15 @@ def _off_devices(tree: Any) -> Any:
   return host
 
 
+def _check_frozen(saved: dict[str, Any], pins: dict[str, Any], workdir: str,
+                  options: RunOptions) -> None:
+  """Refuses to resume against other frozen models than the run started
+  with (`frozen_models.compare`), like a refused config change."""
+  refused = frozen_models.compare(saved.get("frozen"), pins)
+  if refused and not options.allow_config_change:
+    raise UserError(frozen_models.refused_message(refused, workdir))
+
+
 def _take_lock(workdir: str) -> run_lock.RunLock | None:
   """Process 0 holds the work directory's lock; the others learn whether it
   could (so that every process stops with the same error)."""
@@ -379,12 +392,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task,
   final evaluation metrics.
 
   The work directory belongs to this run while it trains (`run_lock`); a
-  saved config is compared with `config` before any array is restored;
-  damaged checkpoints are moved aside, never deleted, and any other restore
-  error stops the run with one line (`checkpoints.RestoreError`); with no
-  checkpoint to resume from, an earlier run's logs are moved aside, never
-  erased; SIGINT/SIGTERM stop at the next step boundary with a checkpoint
-  there (`Stopped`); a full disk is one line naming the path.
+  saved config, and the frozen models the run read (`frozen_models`), are
+  compared before any array is restored; damaged checkpoints are moved
+  aside, never deleted, and any other restore error stops the run with one
+  line (`checkpoints.RestoreError`); with no checkpoint to resume from, an
+  earlier run's logs are moved aside, never erased; SIGINT/SIGTERM stop at
+  the next step boundary with a checkpoint there (`Stopped`); a full disk is
+  one line naming the path.
   """
   t_start = time.time() if t_start is None else t_start
   s = read_settings(config)
@@ -419,8 +433,9 @@ def _run(config, workdir, task, mesh, total_steps, steps_per_epoch, t_start,
       initial = _off_devices(task.state)
     restored = ckpt.restore_latest(
         _abstract(task.state, mesh),
-        check_meta=lambda meta: _check_config(meta, config, workdir,
-                                              options))
+        check_meta=lambda meta: (
+            _check_config(meta, config, workdir, options),
+            _check_frozen(meta, task.frozen_pins, workdir, options)))
   except BaseException:
     ckpt.close()
     raise
@@ -449,7 +464,8 @@ def _run(config, workdir, task, mesh, total_steps, steps_per_epoch, t_start,
                                   in_specs=(P(), P(AXIS), P(), P()),
                                   out_specs=(P(), P()), donate_argnums=(0,))
   meta_base = {"trainer": task.trainer,
-               "config": checkpoints.config_to_json(config)}
+               "config": checkpoints.config_to_json(config),
+               "frozen": task.frozen_pins}
   writer = MetricWriter(workdir, enabled=is_main, resume_step=start_step)
   train_iter = input_pipeline.TrainIterator(
       task.train_source, global_batch_size=task.batch_size, seed=s.seed,

@@ -1,6 +1,6 @@
 """Resuming a run in one process, with a toy task (no model, no dataset):
-memory at restore, the logs of a run that left no checkpoint and restore
-errors (issue 20)."""
+memory at restore, the logs of a run that left no checkpoint, restore errors,
+and the frozen models a run is pinned to (issue 20)."""
 
 import os
 
@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from advjax import checkpoints, loop, parallel
+from advjax import checkpoints, frozen_models, loop, parallel
 from advjax.errors import UserError
 from advjax.metric_writers import read_metrics
 
@@ -37,14 +37,14 @@ def _config(steps):
       "checkpoint": {"every_steps": 2, "keep": 5, "async_save": False}})
 
 
-def _task():
+def _task(pins=None):
   source = [{"image": np.full((2, 2, 1), i, np.uint8), "label": 0}
             for i in range(8)]
   state = _State(step=jnp.asarray(0, jnp.int32),
                  bad_step=jnp.asarray(-1, jnp.int32), w=jnp.zeros((4,)))
   return loop.Task(trainer="toy", state=state, step_fn=_step, batch_size=4,
                    train_source=source, evaluate=lambda s, i, w: {},
-                   summary=lambda m: "done")
+                   summary=lambda m: "done", frozen_pins=pins or {})
 
 
 def _train(workdir, steps, task=None, options=loop.RunOptions()):
@@ -114,3 +114,55 @@ def test_out_of_memory_at_restore_stops_the_run_and_keeps_every_step(
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == names
   assert read_metrics(workdir) == records
   assert not [n for n in os.listdir(workdir) if n.startswith("earlier-")]
+
+
+def _gan_run(workdir, steps, value=0.0, keep=5):
+  """A stand-in for an AC-GAN run: checkpoints a 'gan' handle restores."""
+  ckpt = checkpoints.Checkpointer(workdir, checkpoints.Settings(
+      keep=keep, async_save=False))
+  for step in steps:
+    ckpt.save(step, {"g_params": {"w": jnp.full((2,), value + step)}},
+              {"trainer": "gan", "config": {"dataset": {"name": "mnist"}},
+               "data_position": {"step": step}})
+  ckpt.close()
+
+
+def test_resume_against_another_gan_is_refused_like_a_config_change(tmp_path):
+  """Review #9: the run records the GAN's step and digest; when that step is
+  gone or its files differ, a resume is refused with the two ways forward;
+  --allow_config_change reads the newest and records it."""
+  gan_dir, run_dir = str(tmp_path / "gan"), str(tmp_path / "run")
+  _gan_run(gan_dir, [1, 2])
+  pins = frozen_models.Pins(run_dir)
+  assert pins.restore("gan", gan_dir, kind="gan").step == 2
+  _train(run_dir, 2, _task(pins.records))
+  saved = checkpoints.load(run_dir).meta["frozen"]["gan"]
+  assert saved["step"] == 2 and saved["workdir"] == gan_dir
+
+  # The GAN run goes on: the resumed run still reads step 2.
+  _gan_run(gan_dir, [3], keep=5)
+  assert frozen_models.Pins(run_dir).restore("gan", gan_dir, "gan").step == 2
+
+  # The GAN run is trained again from scratch: step 2 has other files.
+  os.rename(gan_dir, str(tmp_path / "old_gan"))
+  _gan_run(gan_dir, [1, 2, 3], value=10.0)
+  with pytest.raises(UserError) as e:
+    frozen_models.Pins(run_dir).restore("gan", gan_dir, "gan")
+  line = str(e.value)
+  assert "\n" not in line and "gan (step 2 of" in line
+  assert "other files" in line
+  assert "another --workdir" in line and "--allow_config_change" in line
+
+  # Step 2 gone altogether.
+  _gan_run(gan_dir, [4, 5], value=10.0, keep=1)
+  with pytest.raises(UserError, match="step 2 of .* is gone"):
+    frozen_models.Pins(run_dir).restore("gan", gan_dir, "gan")
+
+  # Whatever the trainer read, the loop checks the step it restores.
+  other = frozen_models.Pins(run_dir, allow_change=True)
+  assert other.restore("gan", gan_dir, "gan").step == 5
+  with pytest.raises(UserError, match="frozen models differ.*--allow_config"):
+    _train(run_dir, 4, _task(other.records))
+  _train(run_dir, 4, _task(other.records),
+         options=loop.RunOptions(allow_config_change=True))
+  assert checkpoints.load(run_dir).meta["frozen"]["gan"]["step"] == 5
