@@ -196,6 +196,28 @@ class Checkpointer:
         self.directory, options=_options(settings),
         item_handlers=_handlers())
     self._digests = integrity.PendingDigests(self.directory)
+    if self.best_metric:
+      self._seed_metrics()
+
+  def _seed_metrics(self) -> None:
+    """Gives orbax the metrics of steps saved without its `metrics` item
+    (by an advjax before best_fn was set) from advjax's own meta, so that
+    the best of those steps survives this run's first save too (review #2).
+    Orbax has no public way to set them: its list of CheckpointInfo is
+    filled in place, and left alone if orbax changes."""
+    infos = getattr(self._manager, "_checkpoints", None)
+    for info in list(infos or []):
+      if getattr(info, "metrics", False) is not None:
+        continue
+      try:
+        meta = self._manager.restore(info.step, args=ocp.args.Composite(
+            **{META: ocp.args.JsonRestore()}))[META]
+      except Exception:  # pylint: disable=broad-except
+        continue  # restore_latest judges unreadable steps
+      metrics = meta.get("metrics") if isinstance(meta, dict) else None
+      if metrics and math.isfinite(float(metrics.get(self.best_metric,
+                                                     math.nan))):
+        info.metrics = metrics
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())

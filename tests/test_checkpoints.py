@@ -222,3 +222,20 @@ def test_every_process_restores_the_step_process_0_chose(tmp_path,
   _, meta = ckpt.restore_latest(_state(0))
   ckpt.close()
   assert sent == [-1] and meta["step"] == 2
+
+
+def test_best_step_saved_before_orbax_kept_metrics_survives_a_resume(
+    tmp_path, monkeypatch):
+  """Steps written without orbax's metrics item (an advjax without best_fn)
+  are ranked from advjax's own meta['metrics']."""
+  import dataclasses
+  real = checkpoints._options
+  monkeypatch.setattr(checkpoints, "_options", lambda s, read_only=False: (
+      dataclasses.replace(real(s, read_only), best_fn=None)))
+  workdir = str(tmp_path)
+  _save_steps(workdir, {1: 0.9, 2: 0.5, 3: 0.6}, keep=2)
+  assert not os.path.exists(os.path.join(workdir, "checkpoints", "1",
+                                         "metrics"))
+  monkeypatch.setattr(checkpoints, "_options", real)
+  _save_steps(workdir, {4: 0.4}, keep=2)
+  assert checkpoints.available_steps(workdir) == [1, 3, 4]
