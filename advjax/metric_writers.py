@@ -141,15 +141,20 @@ LOG_NAMES = (METRICS_FILE, "tensorboard", "images")
 def set_aside_logs(workdir: str, now: float | None = None) -> str | None:
   """Moves the logs of an earlier run that left no usable checkpoint
   (`metrics.jsonl` with records, `tensorboard/`, `images/`) into
-  `<workdir>/earlier-<UTC time>/`, so that a run starting again at step 0
-  erases none of them (review #12); returns that folder, or None when
-  `metrics.jsonl` holds nothing. Nothing is deleted."""
+  `<workdir>/earlier-<UTC time>/` with a note (MOVED.txt), so that a run
+  starting again at step 0 erases none of them (review #12); returns that
+  folder, or None when `metrics.jsonl` holds nothing. Nothing is deleted."""
   workdir = fileio.resolve(workdir)
   log = fileio.join(workdir, METRICS_FILE)
   if not fileio.exists(log) or not fileio.read_text(log).strip():
     return None
-  target, _ = integrity.free_name(workdir, "earlier", now)
+  target, stamp = integrity.free_name(workdir, "earlier", now)
   target.mkdir(parents=True)
+  # The note also makes the folder exist on an object store, where a rename
+  # needs the destination's folder.
+  (target / "MOVED.txt").write_text(
+      f"advjax moved these logs here on {stamp}: the run in {workdir} found "
+      f"no checkpoint to resume from and started again at step 0\n")
   for name in LOG_NAMES:
     source = epath.Path(fileio.join(workdir, name))
     if source.exists():

@@ -166,3 +166,18 @@ def test_resume_against_another_gan_is_refused_like_a_config_change(tmp_path):
   _train(run_dir, 4, _task(other.records),
          options=loop.RunOptions(allow_config_change=True))
   assert checkpoints.load(run_dir).meta["frozen"]["gan"]["step"] == 5
+
+
+def test_logs_are_moved_aside_in_a_bucket_too(gcs_dir):
+  """The same on Cloud Storage (a rename there is a copy and a delete)."""
+  from advjax import fileio, metric_writers
+  writer = metric_writers.MetricWriter(gcs_dir)
+  writer.write_scalars(1, {"train/loss": 0.5})
+  writer.write_images(1, {"grid": np.zeros((4, 4, 3), np.float32)})
+  writer.close()
+  aside = metric_writers.set_aside_logs(gcs_dir)
+  assert aside is not None and aside.startswith(gcs_dir + "/earlier-")
+  assert [r["step"] for r in read_metrics(aside)] == [1]
+  assert not fileio.exists(fileio.join(gcs_dir, "metrics.jsonl"))
+  assert fileio.listdir(fileio.join(aside, "images"))
+  assert metric_writers.set_aside_logs(gcs_dir) is None
