@@ -190,7 +190,6 @@ class Checkpointer:
     self.directory = checkpoint_dir(workdir)
     self.workdir = workdir
     self.best_metric = settings.best_metric
-    self.best_mode = settings.best_mode
     self.writer = writer
     self._manager = ocp.CheckpointManager(
         self.directory, options=_options(settings),
