@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from advjax import adversaries, inference
+from advjax import adversaries, frozen_models, inference
 from advjax import settings as settings_lib
 from advjax.errors import UserError
 
@@ -123,13 +123,16 @@ class Plan:
 
 
 def read(config: ml_collections.ConfigDict, num_classes: int,
-         image_shape: tuple[int, ...]) -> tuple[Plan | None, dict[str, Any]]:
+         image_shape: tuple[int, ...],
+         pins: frozen_models.Pins | None = None
+         ) -> tuple[Plan | None, dict[str, Any]]:
   """The plan of `config.adversarial_training` and the frozen GAN's
   variables ({} without one).
 
   (None, {}) for mode 'none'. For adversaries that use a GAN, the AC-GAN of
-  `gan_workdir` is restored once; it must generate `image_shape` images of
-  the classifier's `num_classes` classes.
+  `gan_workdir` is restored once (through `pins`, as role 'gan': a resumed
+  run reads the step it started with); it must generate `image_shape`
+  images of the classifier's `num_classes` classes.
   """
   block = settings_lib.plain(config.get(SECTION))
   names = set(adversaries.ADVERSARIES)
@@ -144,7 +147,8 @@ def read(config: ml_collections.ConfigDict, num_classes: int,
                                            f"{SECTION}.{s.mode}"))
   if not adversary.uses_gan:
     return plan, {}
-  gan = _restore_gan(s, num_classes, image_shape)
+  gan = _restore_gan(s, num_classes, image_shape,
+                     pins or frozen_models.Pins())
   frozen = {"generator": gan.generator_variables(ema=s.gan_ema)}
   discriminator = None
   if adversary.uses_aux_classifier:
@@ -157,13 +161,13 @@ def read(config: ml_collections.ConfigDict, num_classes: int,
   return plan, frozen
 
 
-def _restore_gan(s: Settings, num_classes: int,
-                 image_shape: tuple[int, ...]) -> inference.GAN:
+def _restore_gan(s: Settings, num_classes: int, image_shape: tuple[int, ...],
+                 pins: frozen_models.Pins) -> inference.GAN:
   if not s.gan_workdir:
     raise UserError(f"config.{SECTION}.mode '{s.mode}' needs "
                     f"config.{SECTION}.gan_workdir, the work directory of a "
                     f"trained AC-GAN")
-  gan = inference.restore(s.gan_workdir, kind="gan")
+  gan = pins.restore("gan", s.gan_workdir, kind="gan")
   shape = tuple(gan.dataset.image_shape)
   if gan.num_classes != num_classes or shape != tuple(image_shape):
     raise UserError(

@@ -36,8 +36,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from advjax import (checkpoints, config_changes, input_pipeline, parallel,
-                    run_lock)
+from advjax import (checkpoints, config_changes, frozen_models, input_pipeline,
+                    metric_writers, parallel, run_lock)
 from advjax import settings as settings_lib
 from advjax.errors import TrainingDiverged, UserError
 from advjax.metric_writers import MetricWriter
@@ -242,6 +242,13 @@ class Task:
     loss_key: the metric shown in the progress bar.
     frozen: variables of frozen models the step reads but never updates
       (host arrays; replicated once, passed to every step, never saved).
+    frozen_pins: the step and digest of every frozen model the run read
+      (`frozen_models.Pins.records`), saved in each checkpoint's meta and
+      compared on resume.
+
+  The loop owns `state`: when the work directory has checkpoints, its
+  device buffers are freed before the restore (a host copy is kept), so
+  memory peaks at one state.
   """
   trainer: str
   state: Any
@@ -252,6 +259,7 @@ class Task:
   summary: Callable[[dict[str, float]], str]
   loss_key: str = "loss"
   frozen: Any = dataclasses.field(default_factory=dict)
+  frozen_pins: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -325,6 +333,37 @@ def _check_config(saved: dict[str, Any], config: ml_collections.ConfigDict,
     print(config_changes.accepted_message(accepted + refused), flush=True)
 
 
+def _abstract(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+  """The replicated state's `jax.ShapeDtypeStruct`s: what a restore needs,
+  without a second state on the devices."""
+  sharding = parallel.replicated(mesh)
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding),
+      tree)
+
+
+def _off_devices(tree: Any) -> Any:
+  """A host copy of `tree`, whose device buffers are then freed (PRNG keys,
+  a few bytes, stay): restoring into the abstract state then peaks at one
+  state on the devices, not two (review #1). The copy seeds the run if no
+  checkpoint can be restored after all."""
+  host = jax.device_get(tree)
+  for x in jax.tree.leaves(tree):
+    if (isinstance(x, jax.Array) and not x.is_deleted()
+        and not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)):
+      x.delete()
+  return host
+
+
+def _check_frozen(saved: dict[str, Any], pins: dict[str, Any], workdir: str,
+                  options: RunOptions) -> None:
+  """Refuses to resume against other frozen models than the run started
+  with (`frozen_models.compare`), like a refused config change."""
+  refused = frozen_models.compare(saved.get("frozen"), pins)
+  if refused and not options.allow_config_change:
+    raise UserError(frozen_models.refused_message(refused, workdir))
+
+
 def _take_lock(workdir: str) -> run_lock.RunLock | None:
   """Process 0 holds the work directory's lock; the others learn whether it
   could (so that every process stops with the same error)."""
@@ -353,10 +392,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task,
   final evaluation metrics.
 
   The work directory belongs to this run while it trains (`run_lock`); a
-  saved config is compared with `config` before anything is restored;
-  unreadable checkpoints are moved aside, never deleted; SIGINT/SIGTERM stop
-  at the next step boundary with a checkpoint there (`Stopped`); a full disk
-  is one line naming the path.
+  saved config, and the frozen models the run read (`frozen_models`), are
+  compared before any array is restored; damaged checkpoints are moved
+  aside, never deleted, and any other restore error stops the run with one
+  line (`checkpoints.RestoreError`); with no checkpoint to resume from, an
+  earlier run's logs are moved aside, never erased; SIGINT/SIGTERM stop at
+  the next step boundary with a checkpoint there (`Stopped`); a full disk is
+  one line naming the path.
   """
   t_start = time.time() if t_start is None else t_start
   s = read_settings(config)
@@ -381,19 +423,30 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task,
 def _run(config, workdir, task, mesh, total_steps, steps_per_epoch, t_start,
          options, s, ck, lock) -> dict[str, float]:
   is_main = jax.process_index() == 0
-  state = parallel.replicate(task.state, mesh)
   rng = parallel.replicate(jax.random.fold_in(jax.random.key(s.seed), 1),
                            mesh)
   ckpt = checkpoints.Checkpointer(workdir, ck, writer=is_main)
   start_step, last_saved = 0, None
+  initial = task.state
   try:
+    if ckpt.all_steps():
+      initial = _off_devices(task.state)
     restored = ckpt.restore_latest(
-        state, check_meta=lambda meta: _check_config(meta, config, workdir,
-                                                     options))
+        _abstract(task.state, mesh),
+        check_meta=lambda meta: (
+            _check_config(meta, config, workdir, options),
+            _check_frozen(meta, task.frozen_pins, workdir, options)))
   except BaseException:
     ckpt.close()
     raise
-  if restored is not None:
+  if restored is None:
+    state = parallel.replicate(initial, mesh)
+    if is_main:
+      aside = metric_writers.set_aside_logs(workdir)
+      if aside is not None:
+        announce(f"no checkpoint to resume from, so this run starts at step "
+                 f"0; the logs of an earlier one were moved to {aside}")
+  else:
     state, meta = restored
     start_step = int(meta["data_position"]["step"])
     last_saved = int(meta["step"])
@@ -411,7 +464,8 @@ def _run(config, workdir, task, mesh, total_steps, steps_per_epoch, t_start,
                                   in_specs=(P(), P(AXIS), P(), P()),
                                   out_specs=(P(), P()), donate_argnums=(0,))
   meta_base = {"trainer": task.trainer,
-               "config": checkpoints.config_to_json(config)}
+               "config": checkpoints.config_to_json(config),
+               "frozen": task.frozen_pins}
   writer = MetricWriter(workdir, enabled=is_main, resume_step=start_step)
   train_iter = input_pipeline.TrainIterator(
       task.train_source, global_batch_size=task.batch_size, seed=s.seed,

@@ -34,9 +34,9 @@ import ml_collections
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from advjax import (adversarial_training, example_rng, inference,
-                    input_pipeline, loop, losses, models, optimizers,
-                    parallel)
+from advjax import (adversarial_training, example_rng, frozen_models,
+                    inference, input_pipeline, loop, losses, models,
+                    optimizers, parallel)
 from advjax import settings as settings_lib
 from advjax.errors import UserError
 from advjax.parallel import AXIS
@@ -234,11 +234,13 @@ def evaluate(p_eval_step, state: TrainState, batches: Any,
 
 def gan_eval_samples(gan_workdir: str, num_classes: int,
                      image_shape: tuple[int, ...], num_samples: int,
-                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                     seed: int = 0, pins: frozen_models.Pins | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
   """Fixed class-balanced samples of an AC-GAN run, to follow how well the
   classifier does on generated images while it trains (the study's finding:
   it learns them early)."""
-  gan = inference.restore(gan_workdir, kind="gan")
+  gan = (pins or frozen_models.Pins()).restore(
+      "eval_gan", gan_workdir, kind="gan", training=False)
   if gan.num_classes != num_classes:
     raise UserError(f"eval.gan_workdir {gan_workdir} is a GAN with "
                     f"{gan.num_classes} classes (0 = unconditional); the "
@@ -278,12 +280,12 @@ def array_eval_batches(images: np.ndarray, labels: np.ndarray,
   return batches
 
 
-def _teacher(config: ml_collections.ConfigDict, dataset: str
-             ) -> inference.Classifier | None:
+def _teacher(config: ml_collections.ConfigDict, dataset: str,
+             pins: frozen_models.Pins) -> inference.Classifier | None:
   teacher_dir = config.get("distill", {}).get("teacher_workdir", "")
   if not teacher_dir:
     return None
-  teacher = inference.restore(teacher_dir, kind="classifier")
+  teacher = pins.restore("teacher", teacher_dir, kind="classifier")
   if teacher.config.dataset.name != dataset:
     raise UserError(f"the teacher in {teacher_dir} was trained on "
                     f"{teacher.config.dataset.name}, not {dataset}")
@@ -315,9 +317,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   model = models.create_model(config.model, info.num_classes, axis_name=AXIS,
                               dtype=jnp.dtype(s.dtype))
-  plan, gan_variables = adversarial_training.read(config, info.num_classes,
-                                                  info.image_shape)
-  teacher = _teacher(config, info.name)
+  # Frozen models: the steps this run started with when it resumes.
+  pins = frozen_models.Pins(workdir, options.allow_config_change)
+  plan, gan_variables = adversarial_training.read(
+      config, info.num_classes, info.image_shape, pins=pins)
+  teacher = _teacher(config, info.name, pins)
   frozen: dict[str, Any] = {}
   if teacher is not None:
     frozen["teacher"] = teacher.variables
@@ -346,7 +350,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if gan_dir:
     images, labels = gan_eval_samples(
         gan_dir, info.num_classes, info.image_shape,
-        int(config.eval.get("gan_samples", 1000)), seed=config.seed)
+        int(config.eval.get("gan_samples", 1000)), seed=config.seed,
+        pins=pins)
     gan_batches = array_eval_batches(images, labels, eval_batch_size)
 
   def evaluate_all(state, step, writer):
@@ -363,7 +368,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       trainer=TRAINER, state=state,
       step_fn=functools.partial(train_step, settings=step_settings),
       batch_size=config.batch_size, train_source=train_source,
-      evaluate=evaluate_all, frozen=frozen,
+      evaluate=evaluate_all, frozen=frozen, frozen_pins=pins.records,
       summary=lambda m: (f"test accuracy {100 * m['eval/accuracy']:.2f}% on "
                          f"{int(m['eval/count'])} {info.name} "
                          f"{info.eval_split} images"))
