@@ -384,8 +384,8 @@ class _StopSignals:
     if lock is not None:
       try:
         lock.check()
-      except UserError as e:
-        lost = e
+      except Exception as e:  # pylint: disable=broad-except
+        lost = e  # (raised below, once every process knows)
     mine = np.asarray([self.received or 0, lost is not None], np.int32)
     every = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1, 2)
     if lost is not None:
@@ -471,8 +471,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task,
   The work directory belongs to this run while it trains (`run_lock`); a
   saved config is compared with `config` before anything is restored;
   unreadable checkpoints are moved aside, never deleted; SIGINT/SIGTERM stop
-  at the next step boundary with a checkpoint there (`Stopped`); a full disk
-  is one line naming the path.
+  every process at the same step boundary with a checkpoint there
+  (`Stopped`, `_StopSignals`); a full disk is one line naming the path.
   """
   t_start = time.time() if t_start is None else t_start
   s = read_settings(config)
