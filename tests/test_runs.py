@@ -341,7 +341,6 @@ def test_signal_to_one_of_two_processes_stops_both_at_one_step(
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"advjax: stopped by {name}"), err[-3000:]
     assert "Traceback" not in err, err[-3000:]
-    print(last)
     stops.append(int(last.split(" at step ")[1].split(";")[0]))
   assert stops[0] == stops[1], stops
   step = stops[0]
