@@ -445,6 +445,8 @@ def _run(config, workdir, task, mesh, total_steps, steps_per_epoch, t_start,
         progress.update(step)
         is_last = step == total_steps
         if step % log_every == 0 or is_last:
+          if lock is not None:
+            lock.check()  # Never write on without the lock.
           check_finite(state, last_saved, workdir)
           scalars = {f"train/{k}": v for k, v in buffer.mean().items()}
           scalars["train/images_per_sec"] = progress.images_per_sec(step)
