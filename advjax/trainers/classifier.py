@@ -442,7 +442,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     loop.announce(f"adversarial training with {plan.adversary.label} on "
                   f"{100 * a.prop:g}% of each batch "
                   f"({'replacing' if a.replace else 'added to'} real "
-                  f"images), weight {a.adv_weight:g}")
+                  f"images), weight {a.adv_weight:g}"
+                  + (f", {plan.adversary.label}'s own loss"
+                     if plan.loss is not None else ""))
 
   p_eval_step = parallel.data_parallel(eval_step, mesh,
                                        in_specs=(P(), P(AXIS)), out_specs=P())
