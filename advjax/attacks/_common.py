@@ -100,8 +100,8 @@ def check_labels(y, batch_size: int, num_classes: Optional[int] = None, *,
 
 def check_class_index(name: str, value, num_classes: int) -> None:
   """`value` must be one integer class index in [0, num_classes)."""
-  refuse_if(jnp.shape(value) != () or not jnp.issubdtype(
-      jnp.result_type(value), jnp.integer),
+  refuse_if(jnp.shape(value) != ()
+            or not jnp.issubdtype(jnp.result_type(value), jnp.integer),
             f"{name} must be one integer class index, got {value!r}.")
   if is_concrete(value):
     refuse_if(not 0 <= int(value) < num_classes,
