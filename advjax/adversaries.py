@@ -58,8 +58,8 @@ import jax
 import jax.numpy as jnp
 
 from advjax import attacks
-from advjax import autoattack
 from advjax import robust_losses
+from advjax.attacks import autoattack
 from advjax import settings as settings_lib
 from advjax.errors import UserError
 from advjax.models import gans
@@ -344,8 +344,8 @@ def _unrestricted(s: UnrestrictedSettings, target: Target, images, labels,
 
 @dataclasses.dataclass(frozen=True)
 class AutoAttackSettings:
-  """AutoAttack (Croce & Hein 2020, `advjax.autoattack`): the cascade of
-  APGD-CE, APGD-T, FAB-T and Square ("standard", the RobustBench number) or
+  """AutoAttack (Croce & Hein 2020, `advjax.attacks.autoattack`): the cascade
+  of APGD-CE, APGD-T, FAB-T and Square ("standard", the RobustBench number) or
   APGD-CE and APGD-T only ("fast", for CPU-bound studies; not comparable with
   published AutoAttack numbers). Runs on the host between its compiled
   pieces, so it evaluates but never trains."""

@@ -1,4 +1,4 @@
-"""advjax.autoattack against torchattacks, on the same trained weights.
+"""advjax.attacks.autoattack against torchattacks, on the same trained weights.
 
 A small CNN (advjax's SmallCNN, one 3x3 conv per stage) is trained on
 Fashion-MNIST for a few hundred steps; its weights go to torchattacks (in the
