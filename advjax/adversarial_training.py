@@ -14,7 +14,23 @@ The loss is the weighted one of Kurakin, Goodfellow & Bengio 2017
   L = (n_c * CE_clean + w * n_a * CE_aug) / (n_c + w * n_a)
 
 with n_c clean and n_a crafted examples in the batch, CE_clean / CE_aug the
-mean cross-entropies over each part and w = `adv_weight`.
+mean cross-entropies over each part and w = `adv_weight`. Modes registered
+with their own `loss` (TRADES, MART: `advjax.adversaries`) replace CE_aug
+by the mean of that loss over the crafted examples, computed from the
+logits of the crafted examples and of the real images they came from (two
+forward passes in train mode, each with its own BatchNorm statistics, the
+running averages updated by both in turn, as the authors' PyTorch code).
+The field's methods (Madry et al.'s PGD-AT, TRADES, MART, fast AT) train on
+crafted examples only: `prop = 1` with `replace`, where the loss is the
+mode's loss alone.
+
+Fast AT's catastrophic overfitting (Wong et al. 2020: FGSM training whose
+PGD accuracy collapses within an epoch) is watched for modes registered
+with `check_overfitting` (fgsm_rs): at each evaluation the trainer logs
+`eval/pgd_check_accuracy`, the accuracy under PGD-5 (steps eps / 4, Wong et
+al.'s check) of the first `overfit_check_examples` test images at the
+mode's eps, and warns when it falls below `overfit_warn_fraction` of its best
+so far (Wong et al. stop when it drops by 0.2 from one epoch to the next).
 
 Config: `config.adversarial_training` (absent means mode 'none') holds the
 fields of `Settings` and, under each adversary's name, that adversary's
@@ -39,6 +55,7 @@ ones replaced. The frozen GAN's variables are inputs of the compiled step
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable
 
@@ -46,7 +63,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from advjax import adversaries, inference
+from advjax import adversaries, frozen_models, inference, losses
 from advjax import settings as settings_lib
 from advjax.errors import UserError
 
@@ -59,6 +76,8 @@ class Settings:
 
   gan_workdir: the AC-GAN run adversaries with `uses_gan` sample from;
   gan_ema: use the moving average of its generator's weights when kept.
+  overfit_check_examples, overfit_warn_fraction: the catastrophic-overfitting
+  check of modes registered with `check_overfitting` (0 examples: off).
   """
   mode: str = "none"
   prop: float = 0.5
@@ -66,11 +85,14 @@ class Settings:
   replace: bool = True
   gan_workdir: str = ""
   gan_ema: bool = True
+  overfit_check_examples: int = 256
+  overfit_warn_fraction: float = 0.5
 
   def __post_init__(self):
     settings_lib.check_choice(self, "mode", adversaries.training_modes())
-    settings_lib.check_in_unit_interval(self, "prop")
-    settings_lib.check_nonnegative(self, "adv_weight")
+    settings_lib.check_in_unit_interval(self, "prop", "overfit_warn_fraction")
+    settings_lib.check_nonnegative(self, "adv_weight",
+                                   "overfit_check_examples")
 
 
 def default_block(mode: str = "none", **fields: Any
@@ -94,6 +116,20 @@ class Plan:
   generator: Any = None
   discriminator: Any = None
   latent_dim: int = 0
+
+  @property
+  def loss(self) -> Callable[..., jax.Array] | None:
+    """The mode's own training loss of the crafted examples (None:
+    cross-entropy), as `loss(clean_logits, adv_logits, labels, targets)`."""
+    if self.adversary.loss is None:
+      return None
+    return functools.partial(self.adversary.loss, self.adversary_settings)
+
+  @property
+  def checks_overfitting(self) -> bool:
+    """Whether training watches PGD accuracy for catastrophic overfitting."""
+    return (self.adversary.check_overfitting
+            and self.settings.overfit_check_examples > 0)
 
   def num_crafted(self, batch_size: int) -> int:
     """Crafted examples among a device's `batch_size`: round(prop * b)."""
@@ -123,13 +159,16 @@ class Plan:
 
 
 def read(config: ml_collections.ConfigDict, num_classes: int,
-         image_shape: tuple[int, ...]) -> tuple[Plan | None, dict[str, Any]]:
+         image_shape: tuple[int, ...],
+         pins: frozen_models.Pins | None = None
+         ) -> tuple[Plan | None, dict[str, Any]]:
   """The plan of `config.adversarial_training` and the frozen GAN's
   variables ({} without one).
 
   (None, {}) for mode 'none'. For adversaries that use a GAN, the AC-GAN of
-  `gan_workdir` is restored once; it must generate `image_shape` images of
-  the classifier's `num_classes` classes.
+  `gan_workdir` is restored once (through `pins`, as role 'gan': a resumed
+  run reads the step it started with); it must generate `image_shape`
+  images of the classifier's `num_classes` classes.
   """
   block = settings_lib.plain(config[SECTION] if SECTION in config else None)
   names = set(adversaries.ADVERSARIES)
@@ -144,7 +183,8 @@ def read(config: ml_collections.ConfigDict, num_classes: int,
                                            f"{SECTION}.{s.mode}"))
   if not adversary.uses_gan:
     return plan, {}
-  gan = _restore_gan(s, num_classes, image_shape)
+  gan = _restore_gan(s, num_classes, image_shape,
+                     pins or frozen_models.Pins())
   frozen = {"generator": gan.generator_variables(ema=s.gan_ema)}
   discriminator = None
   if adversary.uses_aux_classifier:
@@ -157,13 +197,13 @@ def read(config: ml_collections.ConfigDict, num_classes: int,
   return plan, frozen
 
 
-def _restore_gan(s: Settings, num_classes: int,
-                 image_shape: tuple[int, ...]) -> inference.GAN:
+def _restore_gan(s: Settings, num_classes: int, image_shape: tuple[int, ...],
+                 pins: frozen_models.Pins) -> inference.GAN:
   if not s.gan_workdir:
     raise UserError(f"config.{SECTION}.mode '{s.mode}' needs "
                     f"config.{SECTION}.gan_workdir, the work directory of a "
                     f"trained AC-GAN")
-  gan = inference.restore(s.gan_workdir, kind="gan")
+  gan = pins.restore("gan", s.gan_workdir, kind="gan")
   shape = tuple(gan.dataset.image_shape)
   if gan.num_classes != num_classes or shape != tuple(image_shape):
     raise UserError(
@@ -235,3 +275,26 @@ def split_losses(per_example: jax.Array, logits: jax.Array,
   metrics.update(clean_loss=ce_clean,
                  clean_accuracy=correct[:num_clean].mean())
   return loss, metrics
+
+
+def mode_losses(plan: Plan, real_logits: jax.Array, adv_logits: jax.Array,
+                real_labels: jax.Array, real_targets: jax.Array
+                ) -> tuple[jax.Array, jax.Array]:
+  """Per-example losses and logits of a batch for a mode with its own loss,
+  in `split_losses`' layout (clean part first, then the crafted examples).
+
+  `real_logits` are the logits (train mode) of this device's b real images,
+  whose first k = `num_crafted(b)` are the crafted examples' sources,
+  `adv_logits` those of the k crafted examples; `real_targets` the b
+  training targets (labels or distributions). The clean part (its
+  cross-entropy) is the other b - k real images with `replace`, all b
+  without; the crafted part is `plan.loss` of each crafted example and its
+  source.
+  """
+  k = adv_logits.shape[0]
+  clean = slice(k, None) if plan.settings.replace else slice(None)
+  per_real = losses.cross_entropy(real_logits[clean], real_targets[clean])
+  crafted = plan.loss(real_logits[:k], adv_logits, real_labels[:k],
+                      real_targets[:k])
+  return (jnp.concatenate([per_real, crafted]),
+          jnp.concatenate([real_logits[clean], adv_logits]))

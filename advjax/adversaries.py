@@ -32,6 +32,20 @@ broke each point). Craft functions are traced inside the compiled train
 step (entries with `trains=False`, like AutoAttack, run only in reports).
 Norm-bounded entries (`norm_bounded`, the default) have an `eps` setting and
 are evaluated at each eps of a report.
+
+Training modes that change the loss, not only the examples (TRADES, MART),
+register a `loss` beside their craft function:
+
+    loss(settings, clean_logits, adv_logits, labels, targets) -> [k]
+
+the per-example training loss of the k crafted examples from the logits
+(train mode) of their real images and of the crafted ones; `labels` are the
+integer labels, `targets` the training targets (the same labels, or their
+smoothed distributions [k, K]). The classifier step then uses it instead of
+the cross-entropy on the crafted batch (`advjax.adversarial_training`);
+another such mode is one craft function, one loss function and one
+`register` line (see `_trades` and `_trades_loss`). In a report the entry is
+its inner attack.
 """
 
 from __future__ import annotations
@@ -44,7 +58,8 @@ import jax
 import jax.numpy as jnp
 
 from advjax import attacks
-from advjax import autoattack
+from advjax import robust_losses
+from advjax.attacks import autoattack
 from advjax import settings as settings_lib
 from advjax.errors import UserError
 from advjax.models import gans
@@ -96,6 +111,12 @@ class Adversary:
     evaluation: settings a robustness report uses instead of the training
       defaults (e.g. FGSM is evaluated against the true label at a fixed eps).
     label: how reports and tables name it.
+    loss: `loss(settings, clean_logits, adv_logits, labels, targets) -> [k]`,
+      the training loss of the crafted examples (None: cross-entropy on
+      them); see the module docstring.
+    check_overfitting: training logs PGD accuracy on held-out images at
+      each evaluation and warns when it collapses (fast AT's catastrophic
+      overfitting, Wong et al. 2020).
   """
   name: str
   craft: Callable[..., Crafted]
@@ -106,6 +127,8 @@ class Adversary:
   trains: bool = True
   evaluation: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   label: str = ""
+  loss: Callable[..., jax.Array] | None = None
+  check_overfitting: bool = False
 
   def read(self, block: Any, where: str, **overrides: Any) -> Any:
     """The entry's settings from a config block (checked once)."""
@@ -135,8 +158,14 @@ ADVERSARIES: dict[str, Adversary] = {}
 def register(name: str, settings: type, *, uses_gan: bool = False,
              uses_aux_classifier: bool = False, norm_bounded: bool = True, trains: bool = True,
              evaluation: Mapping[str, Any] | None = None,
-             label: str = "") -> Callable[[Callable], Callable]:
-  """Decorator: adds `craft` to the registry as `name`."""
+             label: str = "", loss: Callable[..., jax.Array] | None = None,
+             check_overfitting: bool = False
+             ) -> Callable[[Callable], Callable]:
+  """Decorator: adds `craft` to the registry as `name` (with `loss`, the
+  training loss of its crafted examples)."""
+  if loss is not None and not trains:
+    raise ValueError(f"adversary '{name}' has a training loss but does not "
+                     f"train")
   if name in ADVERSARIES or name == "none":
     raise ValueError(f"adversary '{name}' is already registered")
   if norm_bounded and "eps" not in {f.name for f in
@@ -149,7 +178,8 @@ def register(name: str, settings: type, *, uses_gan: bool = False,
         name=name, craft=craft, settings=settings,
         uses_gan=uses_gan or uses_aux_classifier,
         uses_aux_classifier=uses_aux_classifier, norm_bounded=norm_bounded, trains=trains,
-        evaluation=dict(evaluation or {}), label=label or name)
+        evaluation=dict(evaluation or {}), label=label or name, loss=loss,
+        check_overfitting=check_overfitting)
     return craft
   return add
 
@@ -220,7 +250,15 @@ def _fgsm(s: FGSMSettings, target: Target, images, labels, rng) -> Crafted:
 @dataclasses.dataclass(frozen=True)
 class PGDSettings:
   """Projected gradient descent (Madry et al. 2018): `num_steps` steps of
-  `rel_step_size * eps` from a random start in the eps-ball."""
+  `rel_step_size * eps` from a random start in the eps-ball.
+
+  As a training mode this is Madry et al.'s PGD adversarial training when
+  every example is replaced (`adversarial_training.prop = 1`, `replace`:
+  the loss is the cross-entropy on the PGD examples alone), the standard
+  setting (their CIFAR-10 code: 7 steps of 2/255 for eps 8/255, about eps /
+  4 as here). The study's default prop 0.5 with weight 0.3 is Kurakin et
+  al. 2017's mixed batch.
+  """
   eps: float = 0.1
   num_steps: int = 7
   rel_step_size: float = 0.25
@@ -306,8 +344,8 @@ def _unrestricted(s: UnrestrictedSettings, target: Target, images, labels,
 
 @dataclasses.dataclass(frozen=True)
 class AutoAttackSettings:
-  """AutoAttack (Croce & Hein 2020, `advjax.autoattack`): the cascade of
-  APGD-CE, APGD-T, FAB-T and Square ("standard", the RobustBench number) or
+  """AutoAttack (Croce & Hein 2020, `advjax.attacks.autoattack`): the cascade
+  of APGD-CE, APGD-T, FAB-T and Square ("standard", the RobustBench number) or
   APGD-CE and APGD-T only ("fast", for CPU-bound studies; not comparable with
   published AutoAttack numbers). Runs on the host between its compiled
   pieces, so it evaluates but never trains."""
@@ -338,3 +376,105 @@ def _autoattack(s: AutoAttackSettings, target: Target, images, labels,
               "broken only by Square (black-box)": result.black_box_only},
           "broken_by": {name: result.broken_by == name
                         for name in ("clean", *result.attacks)}}
+
+
+# ---------------------------------------------------------------------------
+# Training modes of the field (`advjax.robust_losses` holds their losses and
+# inner attacks). The authors train on every example: use them with
+# `adversarial_training.prop = 1`.
+
+
+@dataclasses.dataclass(frozen=True)
+class TRADESSettings:
+  """TRADES (Zhang et al. 2019), with the authors' CIFAR-10 defaults
+  (github.com/yaodongyu/TRADES, train_trades_cifar10.py: beta 6, 10 steps of
+  0.007 for eps 0.031 in [0, 1] units, start x + 0.001 * N(0, I)):
+
+  beta: weight of KL(p(x) || p(x')) (their 1 / lambda; 1.0 in their MNIST
+    script); num_steps, rel_step_size: the inner attack's sign steps of
+    rel_step_size * eps on the KL (0.007 / 0.031); init_std: the Gaussian
+    start's standard deviation in [-1, 1] units (their 0.001 in [0, 1]).
+  eps is in [-1, 1] units (their 8/255 is 0.063 here). In a report the
+  entry is the KL attack alone, evaluated with the true-label accuracy.
+  """
+  eps: float = 0.1
+  beta: float = 6.0
+  num_steps: int = 10
+  rel_step_size: float = 0.007 / 0.031
+  init_std: float = 0.002
+
+  def __post_init__(self):
+    settings_lib.check_nonnegative(self, "eps", "beta", "num_steps",
+                                   "rel_step_size", "init_std")
+
+
+def _trades_loss(s: TRADESSettings, clean_logits, adv_logits, labels,
+                 targets) -> jax.Array:
+  del labels
+  return robust_losses.trades_loss(clean_logits, adv_logits, targets, s.beta)
+
+
+@register("trades", TRADESSettings, label="TRADES", loss=_trades_loss)
+def _trades(s: TRADESSettings, target: Target, images, labels,
+            rng) -> Crafted:
+  del labels
+  start = robust_losses.gaussian_start(rng, images, s.init_std)
+  return {"image": robust_losses.kl_pgd(
+      target.logits_fn, images, start, eps=s.eps,
+      step_size=s.rel_step_size * s.eps, num_steps=s.num_steps)}
+
+
+@dataclasses.dataclass(frozen=True)
+class MARTSettings(TRADESSettings):
+  """MART (Wang et al. 2020), with the authors' defaults
+  (github.com/YisenWang/MART: mart_loss and train_wideresnet.py, beta 6;
+  their train_resnet.py uses 5 for ResNet-18; 10 cross-entropy sign steps
+  of 0.007 for eps 0.031 in [0, 1] units from x + 0.001 * N(0, I)).
+  Fields and defaults as `TRADESSettings`; the inner attack ascends the
+  cross-entropy.
+  """
+
+
+def _mart_loss(s: MARTSettings, clean_logits, adv_logits, labels,
+               targets) -> jax.Array:
+  return robust_losses.mart_loss(clean_logits, adv_logits, labels, targets,
+                                 s.beta)
+
+
+@register("mart", MARTSettings, label="MART", loss=_mart_loss)
+def _mart(s: MARTSettings, target: Target, images, labels, rng) -> Crafted:
+  start = robust_losses.gaussian_start(rng, images, s.init_std)
+  return {"image": robust_losses.ce_pgd(
+      target.logits_fn, images, labels, start, eps=s.eps,
+      step_size=s.rel_step_size * s.eps, num_steps=s.num_steps)}
+
+
+@dataclasses.dataclass(frozen=True)
+class FGSMRSSettings:
+  """Fast adversarial training (Wong, Rice & Kolter 2020, "Fast is better
+  than free"): one true-label FGSM step of alpha = rel_step_size * eps from
+  delta ~ U(-eps, eps), projected on the eps-ball and the valid range
+  (github.com/locuslab/fast_adversarial: CIFAR-10 alpha 10/255 for eps
+  8/255, MNIST 0.375 for 0.3, both 1.25 eps). Larger steps lead to
+  catastrophic overfitting (PGD accuracy collapsing within an epoch), which
+  training watches: see `adversarial_training.Settings`.
+
+  Differences with their code: the attack runs with BatchNorm in inference
+  mode (theirs in train mode) and the loss is the library's (no cyclic
+  learning rate, mixed precision or early stopping).
+  """
+  eps: float = 0.1
+  rel_step_size: float = 1.25
+
+  def __post_init__(self):
+    settings_lib.check_nonnegative(self, "eps", "rel_step_size")
+
+
+@register("fgsm_rs", FGSMRSSettings, label="FGSM-RS",
+          check_overfitting=True)
+def _fgsm_rs(s: FGSMRSSettings, target: Target, images, labels,
+             rng) -> Crafted:
+  delta = robust_losses.uniform_start(rng, images, s.eps)
+  return {"image": robust_losses.fgsm_rs(
+      target.logits_fn, images, labels, delta, eps=s.eps,
+      alpha=s.rel_step_size * s.eps)}

@@ -11,8 +11,18 @@ A checkpoint (orbax `CheckpointManager`, one folder per step under
            metrics.
 
 Retention keeps the last `keep` checkpoints plus the best one by a chosen
-evaluation metric. A checkpoint that cannot be read (corrupt, or cut short by a
-crash) is skipped with a warning in favour of the one before it.
+evaluation metric, across any number of resumes: orbax writes each step's
+metrics into the step (`<step>/metrics`) only when `best_fn` is set, and reads
+them back when a later process opens the folder; a non-finite value of the
+metric never ranks (issue 20, review #2 and #15).
+
+Restoring tells damage from trouble (review #1): a checkpoint that is
+verifiably damaged (its files do not match their digest, or orbax's metadata
+or format cannot be decoded) is moved aside with a warning in favour of the
+one before it; any other error (out of memory, a storage or network error,
+missing credentials) stops the run with one line naming the step, and nothing
+is moved. With several processes, process 0 decides the step and every
+process restores that one (review #10).
 
 This module only reads and writes: `load(workdir)` gives the raw
 `Checkpoint` (config, state as nested dicts, meta). The typed handles a
@@ -23,8 +33,10 @@ notebook uses (`predict`, `sample`, `translate`, ...) are in
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
+import math
 import time
 import warnings
 from typing import Any, Callable
@@ -72,15 +84,34 @@ def read_settings(config: ml_collections.ConfigDict) -> Settings:
   return settings_lib.read(Settings, config, "checkpoint")
 
 
+def rank(metrics: Any, best_metric: str, best_mode: str) -> float:
+  """The keep-the-best score of a step's metrics: higher is better whatever
+  `best_mode`; a missing or non-finite (NaN, inf) value of `best_metric` is
+  the worst score, -inf, so it never ranks as best (review #15: `sorted`
+  with a NaN leaves the list in the wrong order)."""
+  try:
+    value = float(metrics[best_metric])
+  except (KeyError, TypeError, ValueError):
+    return -math.inf
+  if not math.isfinite(value):
+    return -math.inf
+  return -value if best_mode == "min" else value
+
+
 def _options(s: Settings, read_only: bool = False):
   cm = ocp.checkpoint_managers
   policies = [cm.LatestN(n=s.keep)]
+  best_fn = None
   if s.best_metric:
-    policies.append(cm.BestN(get_metric_fn=lambda m: m[s.best_metric],
-                             reverse=(s.best_mode == "min"), n=1,
+    best_fn = functools.partial(rank, best_metric=s.best_metric,
+                                best_mode=s.best_mode)
+    policies.append(cm.BestN(get_metric_fn=best_fn, reverse=False, n=1,
                              keep_checkpoints_without_metrics=False))
   return ocp.CheckpointManagerOptions(
       preservation_policy=cm.AnyPreservationPolicy(policies),
+      # Retention is the preservation policy's; best_fn makes orbax write
+      # each step's metrics to disk and read them back on reopening.
+      best_fn=best_fn, best_mode="max",
       enable_async_checkpointing=s.async_save,
       cleanup_tmp_directories=not read_only,
       create=not read_only,
@@ -91,6 +122,59 @@ class StateMismatch(UserError):
   """The saved train state does not fit the one this config builds."""
 
 
+class RestoreError(UserError):
+  """A checkpoint could not be read for a reason other than damage (out of
+  memory, a storage or credentials error): the run stops, nothing moved."""
+
+
+# Status codes (absl / tensorstore / XLA) and phrases of errors that say the
+# files could not be read *now*, whatever their content.
+_TROUBLE = ("RESOURCE_EXHAUSTED", "UNAVAILABLE", "DEADLINE_EXCEEDED",
+            "PERMISSION_DENIED", "UNAUTHENTICATED", "ABORTED", "CANCELLED",
+            "out of memory", "Out of memory")
+
+
+def is_damage(error: BaseException, step_dir: str) -> bool:
+  """Whether a restore error proves the step's files damaged (review #1).
+
+  Damage: orbax's JSON metadata or meta cannot be decoded
+  (`json.JSONDecodeError`, `UnicodeDecodeError`), a file or item of a step
+  that still exists is missing (`FileNotFoundError`, orbax's KeyError 'Item
+  ... was not found in the checkpoint'), or tensorstore reports `DATA_LOSS`.
+  Anything else, and anything whose message carries an out-of-memory or
+  transient status code, is trouble: the files may be fine.
+  """
+  seen = set()
+  chain = []
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    chain.append(error)
+    error = error.__cause__ or error.__context__
+  if any(isinstance(e, MemoryError) or any(t in str(e) for t in _TROUBLE)
+         for e in chain):
+    return False
+  first = chain[0]
+  if isinstance(first, (json.JSONDecodeError, UnicodeDecodeError)):
+    return True
+  if isinstance(first, FileNotFoundError) or (
+      isinstance(first, KeyError)
+      and "was not found in the checkpoint" in str(first)):
+    try:
+      return fileio.isdir(step_dir)
+    except Exception:  # pylint: disable=broad-except
+      return False
+  return isinstance(first, ValueError) and "DATA_LOSS" in str(first)
+
+
+def restore_error_message(directory: str, step: int,
+                          error: BaseException) -> str:
+  """The one line for a checkpoint that could not be read (not damage)."""
+  return (f"cannot read checkpoint step {step} in {directory} "
+          f"({_describe(error)}); nothing was moved or deleted; fix the cause "
+          f"(memory, storage access) and rerun the same command, or move that "
+          f"step out of {directory} if it is damaged")
+
+
 LEGACY_FROZEN = ("teacher", "augment_vars")
 
 
@@ -98,8 +182,8 @@ class Checkpointer:
   """Saves and resumes one run's train state (orbax, plus digests).
 
   Process 0 (`writer`) writes a digest of each step once orbax has committed
-  it (`advjax.integrity`) and moves unreadable steps aside; nothing saved is
-  ever deleted because it could not be read.
+  it (`advjax.integrity`) and moves damaged steps aside; nothing saved is
+  ever deleted or moved because it could not be read.
   """
 
   def __init__(self, workdir: str, settings: Settings = Settings(),
@@ -112,6 +196,28 @@ class Checkpointer:
         self.directory, options=_options(settings),
         item_handlers=_handlers())
     self._digests = integrity.PendingDigests(self.directory)
+    if self.best_metric:
+      self._seed_metrics()
+
+  def _seed_metrics(self) -> None:
+    """Gives orbax the metrics of steps saved without its `metrics` item
+    (by an advjax before best_fn was set) from advjax's own meta, so that
+    the best of those steps survives this run's first save too (review #2).
+    Orbax has no public way to set them: its list of CheckpointInfo is
+    filled in place, and left alone if orbax changes."""
+    infos = getattr(self._manager, "_checkpoints", None)
+    for info in list(infos or []):
+      if getattr(info, "metrics", False) is not None:
+        continue
+      try:
+        meta = self._manager.restore(info.step, args=ocp.args.Composite(
+            **{META: ocp.args.JsonRestore()}))[META]
+      except Exception:  # pylint: disable=broad-except
+        continue  # restore_latest judges unreadable steps
+      metrics = meta.get("metrics") if isinstance(meta, dict) else None
+      if metrics and math.isfinite(float(metrics.get(self.best_metric,
+                                                     math.nan))):
+        info.metrics = metrics
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -136,54 +242,98 @@ class Checkpointer:
     meta = dict(meta, step=int(step))
     if metrics is not None:
       meta["metrics"] = {k: float(v) for k, v in metrics.items()}
+    ranked = None
+    if self.best_metric and metrics is not None and math.isfinite(
+        meta["metrics"][self.best_metric]):
+      ranked = meta["metrics"]  # a non-finite value does not compete
     self._finish_pending()
     self._manager.save(
         int(step),
         args=ocp.args.Composite(**{STATE: ocp.args.StandardSave(state),
                                    META: ocp.args.JsonSave(meta)}),
-        metrics=meta.get("metrics") if self.best_metric else None,
-        force=True)
+        metrics=ranked, force=True)
     self._digests.add(step)
 
   def restore_latest(self, target: Any,
                      check_meta: Callable[[dict], None] | None = None
                      ) -> tuple[Any, dict] | None:
-    """Restores the newest readable checkpoint into the structure of `target`.
+    """Restores the newest intact checkpoint into the structure of `target`.
+
+    `target`: the state's tree of arrays or of `jax.ShapeDtypeStruct`s (with
+    the shardings wanted); only shapes, dtypes and shardings are used, so a
+    caller that passes the abstract tree holds one state at the peak.
 
     Returns (state, meta), or None when there is no checkpoint. Newest first,
-    a step whose files do not match their digest, or whose meta or arrays
-    cannot be read, is moved aside (`integrity.quarantine`, by the writer)
-    with a warning, and the one before it is tried. `check_meta(meta)` runs
-    on the first readable meta before any array is read (the loop compares
-    configs there). A state of another structure than `target` is a
-    `StateMismatch`, never a reason to move a step aside.
+    a step that is verifiably damaged (`is_damage`: its files do not match
+    their digest, or orbax's metadata or format cannot be decoded) is moved
+    aside (`integrity.quarantine`, by the writer) with a warning, and the one
+    before it is tried. Any other error (out of memory, a storage, network
+    or credentials error) is a `RestoreError` naming the step: nothing is
+    moved, and no older step is tried. `check_meta(meta)` runs on the first
+    readable meta before any array is read (the loop compares configs
+    there). A state of another structure than `target` is a
+    `StateMismatch`, never a reason to move a step aside. With several
+    processes, process 0 verifies the steps and decides which one every
+    process restores (`multihost_utils.broadcast_one_to_all`).
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     checked = False
-    for step in reversed(self.all_steps()):
-      step_dir = fileio.join(self.directory, str(step))
-      verdict = integrity.verify(step_dir)
-      if not verdict:
-        self._set_aside(step, verdict.reason)
-        continue
+    below = None
+    while True:
+      step = self._agree(self._newest_intact(below))
+      if step < 0:
+        return None
+      below = step
       try:
         meta = dict(self._manager.restore(step, args=ocp.args.Composite(
             **{META: ocp.args.JsonRestore()}))[META])
-      except Exception as e:  # pylint: disable=broad-except
-        self._set_aside(step, _describe(e))
-        continue
-      if check_meta is not None and not checked:
-        check_meta(meta)
-        checked = True
-      self._check_structure(step, abstract)
-      try:
+        if check_meta is not None and not checked:
+          check_meta(meta)
+          checked = True
+        self._check_structure(step, abstract)
         restored = self._manager.restore(step, args=ocp.args.Composite(
             **{STATE: ocp.args.StandardRestore(abstract)}))
+      except UserError:
+        raise
       except Exception as e:  # pylint: disable=broad-except
+        if not is_damage(e, fileio.join(self.directory, str(step))):
+          raise RestoreError(restore_error_message(
+              self.directory, step, e)) from None
         self._set_aside(step, _describe(e))
         continue
       return restored[STATE], meta
-    return None
+
+  def _newest_intact(self, below: int | None) -> int:
+    """The newest step under `below` whose files match their digest, or -1;
+    damaged steps on the way are moved aside. Process 0's answer counts
+    (`_agree`): the other processes do not read the files."""
+    if not self.writer and _process_count() > 1:
+      return -1
+    for step in reversed(self.all_steps()):
+      if below is not None and step >= below:
+        continue
+      try:
+        verdict = integrity.verify(fileio.join(self.directory, str(step)))
+      except Exception as e:  # pylint: disable=broad-except
+        raise RestoreError(restore_error_message(
+            self.directory, step, e)) from None
+      if verdict.status == "missing":
+        _warn_unreadable(self.directory, step, verdict.reason)
+        continue
+      if not verdict:
+        self._set_aside(step, verdict.reason)
+        continue
+      return step
+    return -1
+
+  @staticmethod
+  def _agree(step: int) -> int:
+    """`step` as process 0 decided it (review #10); unchanged with one
+    process."""
+    if _process_count() == 1:
+      return step
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return int(multihost_utils.broadcast_one_to_all(np.int32(step)))
 
   def _check_structure(self, step: int, abstract: Any) -> None:
     """A StateMismatch unless the saved tree has `abstract`'s paths, shapes
@@ -226,6 +376,10 @@ class Checkpointer:
   def close(self) -> None:
     self._finish_pending()
     self._manager.close()
+
+
+def _process_count() -> int:
+  return jax.process_count()
 
 
 def _shapes(tree: Any) -> dict[str, tuple]:
@@ -326,6 +480,10 @@ def load(workdir: str, step: int | None = None,
     step: a particular step; default the newest readable checkpoint.
     best: take the checkpoint with the best value of the run's
       `checkpoint.best_metric` instead of the newest.
+
+  Damaged steps are skipped with a warning; any other error reading one
+  (out of memory, storage access) is a one-line `RestoreError`, never a
+  silent fall-back to an older step.
   """
   directory = checkpoint_dir(workdir)
   if not fileio.isdir(directory):
@@ -345,23 +503,52 @@ def load(workdir: str, step: int | None = None,
     if best:
       candidates = _rank_by_best(mngr, candidates)
     for s in candidates:
-      verdict = integrity.verify(fileio.join(directory, str(s)))
-      if not verdict:
-        _warn_unreadable(directory, s, verdict.reason)
-        continue
+      step_dir = fileio.join(directory, str(s))
       try:
+        verdict = integrity.verify(step_dir)
+        if not verdict:
+          _warn_unreadable(directory, s, verdict.reason)
+          continue
         meta = dict(mngr.restore(s, args=ocp.args.Composite(
             **{META: ocp.args.JsonRestore()}))[META])
         state = _restore_state_on_default_device(mngr, s)
       except UserError:
         raise
       except Exception as e:  # pylint: disable=broad-except
+        if not is_damage(e, step_dir):
+          raise RestoreError(restore_error_message(directory, s, e)) from None
         _warn_unreadable(directory, s, _describe(e))
         continue
       config = ml_collections.ConfigDict(meta.get("config", {}))
       return Checkpoint(config=config, state=state, meta=meta, step=s,
                         workdir=workdir)
     raise UserError(f"no readable checkpoint in '{workdir}'")
+  finally:
+    mngr.close()
+
+
+def fingerprint(workdir: str, step: int) -> str:
+  """The digest of the files of `workdir`'s step (`integrity.fingerprint`)."""
+  return integrity.fingerprint(fileio.join(checkpoint_dir(workdir), str(step)))
+
+
+def newest_meta(workdir: str) -> dict[str, Any]:
+  """The meta of `workdir`'s newest step whose meta is intact ({} without
+  one), read before the run restores anything (the frozen models it pins,
+  `advjax.frozen_models`); an error other than damage is a RestoreError."""
+  directory = checkpoint_dir(workdir)
+  if not fileio.isdir(directory):
+    return {}
+  mngr = _read_only_manager(directory)
+  try:
+    for s in reversed(sorted(mngr.all_steps())):
+      try:
+        return dict(mngr.restore(s, args=ocp.args.Composite(
+            **{META: ocp.args.JsonRestore()}))[META])
+      except Exception as e:  # pylint: disable=broad-except
+        if not is_damage(e, fileio.join(directory, str(s))):
+          raise RestoreError(restore_error_message(directory, s, e)) from None
+    return {}
   finally:
     mngr.close()
 
@@ -377,10 +564,10 @@ def _rank_by_best(mngr, steps: list[int]) -> list[int]:
     config = meta.get("config", {})
     ck = config.get("checkpoint", {}) if isinstance(config, dict) else {}
     name = ck.get("best_metric")
-    value = (meta.get("metrics") or {}).get(name) if name else None
-    if value is not None:
-      sign = -1.0 if ck.get("best_mode", "max") == "min" else 1.0
-      scored.append((sign * value, s))
+    score = rank(meta.get("metrics") or {}, name,
+                 ck.get("best_mode", "max")) if name else -math.inf
+    if score > -math.inf:
+      scored.append((score, s))
   if not scored:
     raise UserError("best=True, but no checkpoint carries the run's "
                     "checkpoint.best_metric")

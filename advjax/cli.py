@@ -9,12 +9,17 @@ config file that does not exist, does not parse, raises or has no
 override naming no field (with the closest one suggested), and any
 `UserError` raised later. An override given twice takes its last value. A diverging
 run ends with status 3; a run stopped by SIGINT or SIGTERM with one line and
-status 128 + the signal (see `advjax.loop.Stopped`).
+status 128 + the signal (see `advjax.loop.Stopped`), and one interrupted before
+its loop with one line saying whether there is a checkpoint to resume from.
+Trouble with the environment is one line with status 2 too: missing or
+expired Google Cloud credentials, a failed Cloud Storage request, any OSError
+(naming its path) and an empty or corrupt JSON file.
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import sys
 from typing import Any, Callable, Sequence
 
@@ -168,6 +173,64 @@ def run(main: Callable[[list[str]], Any], argv: Sequence[str] | None = None,
     print(f"advjax: {e}", file=sys.stderr, flush=True)
     sys.exit(128 + e.signum)
   except KeyboardInterrupt:
-    print("advjax: interrupted before training started; nothing to resume "
-          "from yet", file=sys.stderr, flush=True)
+    print(f"advjax: {_interrupted_message()}", file=sys.stderr, flush=True)
     sys.exit(130)
+  except Exception as e:  # pylint: disable=broad-except
+    message = environment_error(e)
+    if message is None:
+      raise
+    fail(message)
+
+
+def _interrupted_message() -> str:
+  """What an interrupt before (or outside) the training loop leaves."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from advjax import checkpoints  # pylint: disable=g-import-not-at-top
+  try:
+    workdir = flags.FLAGS["workdir"].value
+    steps = checkpoints.available_steps(workdir) if workdir else []
+  except Exception:  # pylint: disable=broad-except
+    return "interrupted"
+  if not steps:
+    return (f"interrupted before a checkpoint was saved in {workdir}; "
+            f"nothing to resume from yet")
+  return (f"interrupted; nothing new was saved; rerun the same command to "
+          f"resume from {checkpoints.checkpoint_dir(workdir)}/{steps[-1]}")
+
+
+def environment_error(error: BaseException) -> str | None:
+  """One line for trouble with credentials, storage, files or JSON in
+  `error` or its causes; None for anything else."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    message = _describe(error)
+    if message is not None:
+      return message
+    error = error.__cause__
+  return None
+
+
+def _describe(error: BaseException) -> str | None:
+  name = type(error).__name__
+  module = type(error).__module__ or ""
+  text = " ".join(str(error).split())
+  if module.startswith("google.auth"):
+    return (f"no usable Google Cloud credentials ({name}: {text}); run "
+            f"'gcloud auth application-default login' or set "
+            f"GOOGLE_APPLICATION_CREDENTIALS to a key file")
+  if module.startswith("gcsfs") and name == "HttpError":
+    code = getattr(error, "code", None)
+    return (f"Cloud Storage request failed"
+            f"{f' (HTTP {code})' if code else ''}: {text}; check the bucket "
+            f"name and your access to it, or retry")
+  if isinstance(error, json.JSONDecodeError):
+    return (f"a JSON file is empty or corrupt ({error.msg}: line "
+            f"{error.lineno} column {error.colno}); a process killed while "
+            f"writing it can leave it so: delete it to redo that part")
+  if isinstance(error, OSError):
+    what = (error.strerror or text or name).rstrip(".")
+    paths = [p for p in (error.filename, error.filename2) if p is not None]
+    return (f"{what[:1].lower()}{what[1:]}: "
+            + " -> ".join(map(str, paths)) if paths else f"{name}: {what}")
+  return None

@@ -138,8 +138,13 @@ def refused_message(refused: list[ConfigChange], workdir: str,
                     limit: int = 4) -> str:
   """The one-line UserError message for refused changes."""
   return (f"the config differs from the one the run in {workdir} was started "
-          f"with: {_listing(refused, limit)}; to keep that run, pass another "
-          f"--workdir; to continue it with these changes, add {ALLOW_FLAG}")
+          f"with: {_listing(refused, limit)}; {ways_forward()}")
+
+
+def ways_forward() -> str:
+  """The end of every refusal to resume: the two ways forward."""
+  return (f"to keep that run, pass another --workdir; to continue it with "
+          f"these changes, add {ALLOW_FLAG}")
 
 
 def accepted_message(accepted: list[ConfigChange], limit: int = 6) -> str:

@@ -425,7 +425,7 @@ def patch(classifier: inference.Classifier,
       hits += rate * keep
       kept += keep
     if shown is None:
-      positions = attacks._random_positions(  # pylint: disable=protected-access
+      positions = attacks.random_positions(
           jax.random.fold_in(key, 1 + b), min(len(images), 8),
           images.shape[1:3], p.shape[:2])
       shown = (images[:8], np.asarray(attacks.apply_patch(

@@ -36,6 +36,8 @@ from typing import Any, Iterable
 import fsspec
 from etils import epath
 
+from advjax.errors import UserError
+
 os.environ.setdefault("EPATH_USE_TF", "false")
 fsspec.config.conf.setdefault("gcs", {}).setdefault("use_listings_cache",
                                                     False)
@@ -156,17 +158,20 @@ def _json_value(v: Any) -> Any:
   return v
 
 
-def _parse_jsonl(text: str) -> list[tuple[str, dict[str, Any]]]:
+def _parse_jsonl(text: str, path: str) -> list[tuple[str, dict[str, Any]]]:
   """(line, record) pairs of JSON lines. A last line cut short (a process
-  killed while appending it) is left out."""
-  lines = [l for l in text.splitlines() if l.strip()]
+  killed while appending it) is left out; any other bad line is a UserError
+  naming `path` and the line."""
+  lines = [(n, l) for n, l in enumerate(text.splitlines(), 1) if l.strip()]
   pairs = []
-  for i, line in enumerate(lines):
+  for i, (number, line) in enumerate(lines):
     try:
       pairs.append((line + "\n", json.loads(line)))
-    except json.JSONDecodeError:
+    except json.JSONDecodeError as e:
       if i < len(lines) - 1:
-        raise
+        raise UserError(f"line {number} of {path} is not JSON ({e.msg}); "
+                        f"delete or repair that line (checkpoints are not "
+                        f"affected)") from None
   return pairs
 
 
@@ -174,7 +179,21 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
   """The records of a JSON-lines file, in order ([] if there is none)."""
   if not exists(path):
     return []
-  return [record for _, record in _parse_jsonl(read_text(path))]
+  return [record for _, record in _parse_jsonl(read_text(path), str(path))]
+
+
+def read_json(path: str | os.PathLike) -> Any:
+  """The JSON value in `path` (None if there is no such file); an empty or
+  corrupt file is a UserError naming it."""
+  if not isfile(path):
+    return None
+  text = read_text(path)
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError as e:
+    what = "empty" if not text.strip() else f"corrupt ({e.msg})"
+    raise UserError(f"{path} is {what}; a process killed while writing it "
+                    f"can leave it so: delete it to redo that part") from None
 
 
 class MetricsLog:
@@ -204,7 +223,7 @@ class MetricsLog:
     self._dirty = False
     self._file = None
     text = read_text(self.path) if exists(self.path) else ""
-    kept = [line for line, record in _parse_jsonl(text)
+    kept = [line for line, record in _parse_jsonl(text, self.path)
             if resume_step is None or record.get("step", 0) <= resume_step]
     changed = "".join(kept) != text
     if self._remote:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import hashlib
 import io
 import os
 import pickle
@@ -41,6 +42,12 @@ FID_WEIGHTS_URL = (
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
     "pt_inception-2015-12-05-6726825d.pth")
 FID_WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
+# The file's full SHA-256. Its name carries the first 8 hex digits (torch.hub's
+# check_hash convention); the full value is the one published for the same
+# file (95,628,359 bytes) re-hosted by torch-fidelity as
+# weights-inception-2015-12-05-6726825d.pth.
+FID_WEIGHTS_SHA256 = (
+    "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2")
 FID_WEIGHTS_ENV = "ADVJAX_FID_WEIGHTS"
 INPUT_SIZE = 299
 NUM_CLASSES = 1008
@@ -413,22 +420,47 @@ class _RestrictedUnpickler(pickle.Unpickler):
     return ref
 
 
-def _materialise(obj, storages: Mapping[str, np.ndarray]):
-  """Replace _TensorRef placeholders with numpy arrays (copies)."""
+def _materialise(obj, storages: Mapping[str, np.ndarray], path: str,
+                 name: str = "state_dict"):
+  """Replace _TensorRef placeholders with numpy arrays (copies), after
+  checking that each tensor lies inside its storage (as_strided does not)."""
   if isinstance(obj, _TensorRef):
     flat = storages[obj.storage.key]
+    _check_view(obj, flat.size, path, name)
     if not obj.size:
       return flat[obj.offset].copy()
+    if 0 in obj.size:
+      return np.zeros(obj.size, flat.dtype)
     item = flat.itemsize
     view = np.lib.stride_tricks.as_strided(
         flat[obj.offset:], shape=obj.size,
         strides=[s * item for s in obj.stride], writeable=False)
     return np.array(view)
   if isinstance(obj, dict):
-    return type(obj)((k, _materialise(v, storages)) for k, v in obj.items())
+    return type(obj)((k, _materialise(v, storages, path, str(k)))
+                     for k, v in obj.items())
   if isinstance(obj, (list, tuple)):
-    return type(obj)(_materialise(v, storages) for v in obj)
+    return type(obj)(_materialise(v, storages, path, name) for v in obj)
   return obj
+
+
+def _check_view(ref: _TensorRef, numel: int, path: str, name: str) -> None:
+  """A UserError unless offset, sizes and strides are non-negative integers
+  and the last element, offset + sum((size - 1) * stride), is in the
+  storage's `numel` elements."""
+  def ints(values):
+    return all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+               for v in values)
+  ok = (ints([ref.offset]) and ints(ref.size) and ints(ref.stride)
+        and len(ref.size) == len(ref.stride))
+  if ok and (not ref.size or 0 not in ref.size):
+    last = ref.offset + sum((n - 1) * s for n, s in zip(ref.size, ref.stride))
+    ok = last < numel
+  if not ok:
+    raise UserError(
+        f"{path} is corrupt: tensor {name} (offset {ref.offset!r:.20}, size "
+        f"{ref.size!r:.40}, stride {ref.stride!r:.40}) does not lie in its "
+        f"storage of {numel} elements")
 
 
 def _collect_storages(obj, found):
@@ -511,7 +543,7 @@ def read_torch_state_dict(path: str) -> dict[str, np.ndarray]:
     raise UserError(f"cannot read {path} as a torch state_dict: {e}") from e
   if not isinstance(obj, dict):
     raise UserError(f"{path} does not hold a state_dict (got {type(obj)})")
-  out = _materialise(obj, storages)
+  out = _materialise(obj, storages, path)
   return {str(k): np.asarray(v) for k, v in out.items()}
 
 
@@ -525,13 +557,31 @@ def default_cache_path() -> str:
                       FID_WEIGHTS_FILENAME)
 
 
-def _download(url: str, dest: str, timeout: float = 60.0):
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def _download(url: str, dest: str, timeout: float = 60.0,
+              sha256: str | None = None):
+  """Fetches `url` into `dest` if its SHA-256 is `sha256` (default
+  FID_WEIGHTS_SHA256): a body cut short or altered never reaches `dest`."""
+  sha256 = sha256 or FID_WEIGHTS_SHA256
   os.makedirs(os.path.dirname(dest), exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), suffix=".part")
   try:
     with os.fdopen(fd, "wb") as out, urllib.request.urlopen(
         url, timeout=timeout) as resp:
       shutil.copyfileobj(resp, out)
+    got = _sha256(tmp)
+    if got != sha256:
+      raise UserError(
+          f"the {os.path.getsize(tmp)} bytes received have SHA-256 "
+          f"{got[:16]}..., not {sha256[:16]}... (cut short or altered); "
+          f"nothing was cached")
     os.replace(tmp, dest)
   finally:
     if os.path.exists(tmp):
@@ -558,7 +608,14 @@ def find_fid_weights(path: str | None = None, download: bool = True) -> str:
     return env
   cache = default_cache_path()
   if os.path.isfile(cache):
-    return cache
+    if _sha256(cache) == FID_WEIGHTS_SHA256:
+      return cache
+    if not download:
+      raise UserError(f"{cache} is not the expected file (its SHA-256 is not "
+                      f"{FID_WEIGHTS_SHA256[:16]}...; an interrupted download "
+                      f"by an older version?); delete it, or download "
+                      f"{FID_WEIGHTS_URL} again in its place")
+    os.remove(cache)  # A download cut short by an older version: fetch again.
   reason = "download disabled"
   if download:
     try:

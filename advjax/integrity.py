@@ -26,7 +26,10 @@ Verdicts (`Verification.status`):
                between commit and digest): accepted, with the note in
                `reason`, as orbax alone would accept it;
   'corrupt'    a file is missing, added, of another size or content, or the
-               digest itself is unreadable: treat the step as unreadable.
+               digest itself is unreadable: treat the step as unreadable;
+  'missing'    the step folder itself is gone (removed while it was being
+               checked, e.g. by a live run's retention): nothing to read and
+               nothing to move aside.
 
 An unreadable step is moved aside with `quarantine`, never deleted: the
 folder `<step>` becomes `<step>.unreadable-<UTC time>`, which orbax neither
@@ -109,17 +112,32 @@ class Verification:
   reason: str = ""
 
   def __bool__(self) -> bool:
-    return self.status != "corrupt"
+    return self.status not in ("corrupt", "missing")
 
 
 def verify(step_dir: Any) -> Verification:
-  """Checks a step folder against its digest (see the module docstring)."""
+  """Checks a step folder against its digest (see the module docstring).
+
+  A file or the whole folder that vanishes while it is checked gives a
+  verdict, never a FileNotFoundError (issue 20): 'missing' if the folder is
+  gone, else 'corrupt' naming the file."""
   step_dir = epath.Path(step_dir)
+  try:
+    return _verify(step_dir)
+  except FileNotFoundError as e:
+    if not step_dir.exists():
+      return Verification("missing", f"{step_dir} does not exist")
+    name = getattr(e, "filename", None) or str(e)
+    return Verification("corrupt", f"file {name} vanished while it was "
+                        f"checked")
+
+
+def _verify(step_dir: epath.Path) -> Verification:
   try:
     text = (step_dir / DIGEST_NAME).read_text()
   except FileNotFoundError:
     if not step_dir.exists():
-      return Verification("corrupt", f"{step_dir} does not exist")
+      return Verification("missing", f"{step_dir} does not exist")
     return Verification("unverified", "no digest: saved before digests were "
                         "recorded, or stopped between commit and digest")
   try:
@@ -145,6 +163,19 @@ def verify(step_dir: Any) -> Verification:
     if sha != expected[rel][1]:
       return Verification("corrupt", f"file {rel} differs from its digest")
   return Verification("verified")
+
+
+def fingerprint(step_dir: Any) -> str:
+  """SHA-256 of a step's {file: [size, sha256]} listing: the same for the
+  same files, whether taken from its digest or computed now; what a run
+  records of a frozen model it reads (issue 20)."""
+  step_dir = epath.Path(step_dir)
+  try:
+    files = json.loads((step_dir / DIGEST_NAME).read_text())["files"]
+  except (FileNotFoundError, ValueError, KeyError, TypeError):
+    files = compute_digest(step_dir)["files"]
+  text = json.dumps(files, sort_keys=True)
+  return hashlib.new(_ALGORITHM, text.encode()).hexdigest()
 
 
 class PendingDigests:
@@ -177,6 +208,21 @@ class PendingDigests:
     return done
 
 
+def free_name(directory: Any, prefix: str, now: float | None = None
+              ) -> tuple[epath.Path, str]:
+  """(`<directory>/<prefix>-<UTC time>[-k]` that does not exist yet, the
+  time stamp): where something is moved aside."""
+  directory = epath.Path(directory)
+  stamp = time.strftime("%Y%m%dT%H%M%SZ",
+                        time.gmtime(time.time() if now is None else now))
+  target = directory / f"{prefix}-{stamp}"
+  suffix = 1
+  while target.exists():
+    suffix += 1
+    target = directory / f"{prefix}-{stamp}-{suffix}"
+  return target, stamp
+
+
 def quarantine(checkpoint_dir: Any, step: int, reason: str,
                now: float | None = None) -> epath.Path:
   """Moves `<checkpoint_dir>/<step>` to `<step>.unreadable-<UTC time>` and
@@ -188,13 +234,7 @@ def quarantine(checkpoint_dir: Any, step: int, reason: str,
   """
   directory = epath.Path(checkpoint_dir)
   source = directory / str(int(step))
-  stamp = time.strftime("%Y%m%dT%H%M%SZ",
-                        time.gmtime(time.time() if now is None else now))
-  target = directory / f"{int(step)}.unreadable-{stamp}"
-  suffix = 1
-  while target.exists():
-    suffix += 1
-    target = directory / f"{int(step)}.unreadable-{stamp}-{suffix}"
+  target, stamp = free_name(directory, f"{int(step)}.unreadable", now)
   source.rename(target)
   try:
     (target / NOTE_NAME).write_text(

@@ -26,6 +26,7 @@ import dataclasses
 import errno
 import math
 import signal
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -36,8 +37,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from advjax import (checkpoints, config_changes, input_pipeline, parallel,
-                    run_lock, run_settings)
+from advjax import (checkpoints, config_changes, frozen_models, input_pipeline,
+                    metric_writers, parallel, run_lock, run_settings)
 from advjax.errors import TrainingDiverged, UserError
 from advjax.metric_writers import MetricWriter
 from advjax.parallel import AXIS
@@ -214,6 +215,13 @@ class Task:
     loss_key: the metric shown in the progress bar.
     frozen: variables of frozen models the step reads but never updates
       (host arrays; replicated once, passed to every step, never saved).
+    frozen_pins: the step and digest of every frozen model the run read
+      (`frozen_models.Pins.records`), saved in each checkpoint's meta and
+      compared on resume.
+
+  The loop owns `state`: when the work directory has checkpoints, its
+  device buffers are freed before the restore (a host copy is kept), so
+  memory peaks at one state.
   """
   trainer: str
   state: Any
@@ -224,6 +232,7 @@ class Task:
   summary: Callable[[dict[str, float]], str]
   loss_key: str = "loss"
   frozen: Any = dataclasses.field(default_factory=dict)
+  frozen_pins: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -246,29 +255,144 @@ class Stopped(Exception):
     self.signum = signum
 
 
+def _preemption_service() -> bool:
+  """Whether JAX's preemption service runs (started by
+  `jax.distributed.initialize`): it then owns SIGTERM, and every process
+  learns of a notice to any of them through
+  `multihost_utils.reached_preemption_sync_point`."""
+  try:
+    from jax._src import distributed  # pylint: disable=g-import-not-at-top
+    state = distributed.global_state
+    return (state.client is not None
+            and state.preemption_sync_manager is not None)
+  except Exception:  # pylint: disable=broad-except
+    return False
+
+
+def _c_action(signum: int, new: Any = None) -> Any:
+  """The C-level action of `signum` as an opaque buffer (after installing
+  `new`, a buffer from an earlier call, if given), or None where libc's
+  sigaction cannot be called. `signal.signal` reports only handlers Python
+  installed: one installed in C (JAX's preemption notifier) reads as SIG_DFL
+  and would be lost when that is restored."""
+  try:
+    import ctypes  # pylint: disable=g-import-not-at-top
+    libc = ctypes.CDLL(None, use_errno=True)
+    old = ctypes.create_string_buffer(1024)  # > sizeof(struct sigaction)
+    if libc.sigaction(int(signum), new, old) != 0:
+      return None
+    return old
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
 class _StopSignals:
-  """While active, SIGINT/SIGTERM ask the loop to stop after the step in
-  flight (and save it); a second SIGINT interrupts at once."""
+  """Stop requests, agreed by every process at a step boundary.
+
+  While active, SIGINT and SIGTERM ask the loop to stop after the step in
+  flight and save it; a second SIGINT interrupts at once, except while that
+  final checkpoint is written (`protect`), when further signals are noted
+  and ignored. On exit the previous handlers come back, including one
+  installed in C (JAX's).
+
+  `pending(step, sync, lock)` is called by every process at every step and
+  answers the same on all of them:
+  - one process: a signal is seen at the next step boundary, with no device
+    synchronisation;
+  - where JAX's preemption service runs (`jax.distributed`), SIGTERM is left
+    to it and `reached_preemption_sync_point(step)` names the same step on
+    every process, whichever one got the notice;
+  - with several processes, SIGINT (and SIGTERM without the service) and a
+    lock lost by process 0 are exchanged at the steps that synchronise
+    anyway (`sync`: log, evaluation and checkpoint steps) and before any
+    save, so every process stops, or fails, at the same step.
+  """
 
   def __init__(self):
-    self.signum: int | None = None
+    self.signum: int | None = None   # the agreed stop signal
+    self.received: int | None = None  # a signal this process received
+    self.preempted = False  # the stop came from JAX's preemption service
+    self.multi = jax.process_count() > 1
+    self._preemption = _preemption_service()
+    self._protected = False
     self._previous = {}
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGINT, signal.SIGTERM):
-        self._previous[sig] = signal.signal(sig, self._handle)
+      sigs = [signal.SIGINT] + ([] if self._preemption else [signal.SIGTERM])
+      for sig in sigs:
+        c_action = _c_action(sig)
+        self._previous[sig] = (signal.signal(sig, self._handle), c_action)
     return self
 
   def _handle(self, signum, frame):
     del frame
-    if self.signum is not None and signum == signal.SIGINT:
+    if self._protected:
+      print(f"advjax: {signal.Signals(signum).name} ignored while the last "
+            f"checkpoint is written", file=sys.stderr, flush=True)
+      return
+    if self.received is not None and signum == signal.SIGINT:
       raise KeyboardInterrupt
-    self.signum = signum
+    self.received = signum
+    if not self.multi:
+      self.signum = signum
+
+  def protect(self) -> None:
+    """From now on signals no longer interrupt (the final save and close)."""
+    self._protected = True
+
+  def pending(self, step: int, sync: bool,
+              lock: run_lock.RunLock | None) -> bool:
+    """Whether every process stops after `step` (raises the lock's error, on
+    every process, when process 0 lost it)."""
+    preempted = False
+    if self._preemption:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      preempted = multihost_utils.reached_preemption_sync_point(step)
+      if preempted and self.signum is None:
+        self.signum, self.preempted = signal.SIGTERM, True
+    if not self.multi:
+      if lock is not None and (sync or self.signum is not None):
+        lock.check()
+    elif sync or preempted:
+      self._agree(lock)
+    return self.signum is not None
+
+  def _agree(self, lock: run_lock.RunLock | None) -> None:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    lost = None
+    if lock is not None:
+      try:
+        lock.check()
+      except Exception as e:  # pylint: disable=broad-except
+        lost = e  # (raised below, once every process knows)
+    mine = np.asarray([self.received or 0, lost is not None], np.int32)
+    every = np.asarray(multihost_utils.process_allgather(mine)).reshape(-1, 2)
+    if lost is not None:
+      raise lost
+    if every[:, 1].any():
+      raise UserError("process 0 lost the work directory's lock (see its "
+                      "message); every process stopped without saving")
+    if self.signum is None and every[:, 0].any():
+      self.signum = int(every[:, 0].max())
 
   def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
+    for sig, (handler, c_action) in self._previous.items():
       signal.signal(sig, handler)
+      if c_action is not None:
+        _c_action(sig, c_action)
+
+
+def _close_all(*closers: Callable[[], Any]) -> None:
+  """Calls every closer, even after one raised; re-raises the first error."""
+  error = None
+  for close in closers:
+    try:
+      close()
+    except BaseException as e:  # pylint: disable=broad-except
+      error = error or e
+  if error is not None:
+    raise error
 
 
 def _out_of_space(error: BaseException) -> str | None:
@@ -295,6 +419,37 @@ def _check_config(saved: dict[str, Any], config: ml_collections.ConfigDict,
     raise UserError(config_changes.refused_message(refused, workdir))
   if (accepted or refused) and jax.process_index() == 0:
     print(config_changes.accepted_message(accepted + refused), flush=True)
+
+
+def _abstract(tree: Any, mesh: jax.sharding.Mesh) -> Any:
+  """The replicated state's `jax.ShapeDtypeStruct`s: what a restore needs,
+  without a second state on the devices."""
+  sharding = parallel.replicated(mesh)
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=sharding),
+      tree)
+
+
+def _off_devices(tree: Any) -> Any:
+  """A host copy of `tree`, whose device buffers are then freed (PRNG keys,
+  a few bytes, stay): restoring into the abstract state then peaks at one
+  state on the devices, not two (review #1). The copy seeds the run if no
+  checkpoint can be restored after all."""
+  host = jax.device_get(tree)
+  for x in jax.tree.leaves(tree):
+    if (isinstance(x, jax.Array) and not x.is_deleted()
+        and not jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)):
+      x.delete()
+  return host
+
+
+def _check_frozen(saved: dict[str, Any], pins: dict[str, Any], workdir: str,
+                  options: RunOptions) -> None:
+  """Refuses to resume against other frozen models than the run started
+  with (`frozen_models.compare`), like a refused config change."""
+  refused = frozen_models.compare(saved.get("frozen"), pins)
+  if refused and not options.allow_config_change:
+    raise UserError(frozen_models.refused_message(refused, workdir))
 
 
 def _take_lock(workdir: str) -> run_lock.RunLock | None:
@@ -325,10 +480,13 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task,
   final evaluation metrics.
 
   The work directory belongs to this run while it trains (`run_lock`); a
-  saved config is compared with `config` before anything is restored;
-  unreadable checkpoints are moved aside, never deleted; SIGINT/SIGTERM stop
-  at the next step boundary with a checkpoint there (`Stopped`); a full disk
-  is one line naming the path.
+  saved config, and the frozen models the run read (`frozen_models`), are
+  compared before any array is restored; damaged checkpoints are moved
+  aside, never deleted, and any other restore error stops the run with one
+  line (`checkpoints.RestoreError`); with no checkpoint to resume from, an
+  earlier run's logs are moved aside, never erased; SIGINT/SIGTERM stop
+  every process at the same step boundary with a checkpoint there
+  (`Stopped`, `_StopSignals`); a full disk is one line naming the path.
   """
   t_start = time.time() if t_start is None else t_start
   s = read_settings(config)
@@ -353,19 +511,30 @@ def run(config: ml_collections.ConfigDict, workdir: str, task: Task,
 def _run(config, workdir, task, mesh, total_steps, steps_per_epoch, t_start,
          options, s, ck, lock) -> dict[str, float]:
   is_main = jax.process_index() == 0
-  state = parallel.replicate(task.state, mesh)
   rng = parallel.replicate(jax.random.fold_in(jax.random.key(s.seed), 1),
                            mesh)
   ckpt = checkpoints.Checkpointer(workdir, ck, writer=is_main)
   start_step, last_saved = 0, None
+  initial = task.state
   try:
+    if ckpt.all_steps():
+      initial = _off_devices(task.state)
     restored = ckpt.restore_latest(
-        state, check_meta=lambda meta: _check_config(meta, config, workdir,
-                                                     options))
+        _abstract(task.state, mesh),
+        check_meta=lambda meta: (
+            _check_config(meta, config, workdir, options),
+            _check_frozen(meta, task.frozen_pins, workdir, options)))
   except BaseException:
     ckpt.close()
     raise
-  if restored is not None:
+  if restored is None:
+    state = parallel.replicate(initial, mesh)
+    if is_main:
+      aside = metric_writers.set_aside_logs(workdir)
+      if aside is not None:
+        announce(f"no checkpoint to resume from, so this run starts at step "
+                 f"0; the logs of an earlier one were moved to {aside}")
+  else:
     state, meta = restored
     start_step = int(meta["data_position"]["step"])
     last_saved = int(meta["step"])
@@ -378,19 +547,35 @@ def _run(config, workdir, task, mesh, total_steps, steps_per_epoch, t_start,
     announce(f"resumed from step {start_step} ({ckpt.directory}/"
              f"{last_saved})")
 
-  frozen = parallel.replicate(task.frozen, mesh)
-  p_step = parallel.data_parallel(task.step_fn, mesh,
-                                  in_specs=(P(), P(AXIS), P(), P()),
-                                  out_specs=(P(), P()), donate_argnums=(0,))
-  meta_base = {"trainer": task.trainer,
-               "config": checkpoints.config_to_json(config)}
-  writer = MetricWriter(workdir, enabled=is_main, resume_step=start_step)
-  train_iter = input_pipeline.TrainIterator(
-      task.train_source, global_batch_size=task.batch_size, seed=s.seed,
-      crop_flip=s.dataset.crop_flip,
-      start_step=start_step)
-  progress = Progress(total_steps, start_step, task.batch_size,
-                      enabled=is_main and s.progress_bar)
+  writer = train_iter = progress = None
+  stop = _StopSignals()
+
+  def close() -> None:
+    # The checkpoint's async commit is awaited with the signal handlers still
+    # installed (a second signal cannot cut it short); whatever fails, every
+    # resource is released.
+    stop.protect()
+    _close_all(*[c.close for c in (progress, train_iter) if c is not None],
+               ckpt.close, *([writer.close] if writer is not None else []))
+
+  try:
+    frozen = parallel.replicate(task.frozen, mesh)
+    p_step = parallel.data_parallel(task.step_fn, mesh,
+                                    in_specs=(P(), P(AXIS), P(), P()),
+                                    out_specs=(P(), P()), donate_argnums=(0,))
+    meta_base = {"trainer": task.trainer,
+                 "config": checkpoints.config_to_json(config),
+                 "frozen": task.frozen_pins}
+    writer = MetricWriter(workdir, enabled=is_main, resume_step=start_step)
+    train_iter = input_pipeline.TrainIterator(
+        task.train_source, global_batch_size=task.batch_size, seed=s.seed,
+        crop_flip=s.dataset.crop_flip,
+        start_step=start_step)
+    progress = Progress(total_steps, start_step, task.batch_size,
+                        enabled=is_main and s.progress_bar)
+  except BaseException:
+    close()
+    raise
   buffer = MetricBuffer()
   log_every = s.log_every_steps
   eval_every = s.eval_every_steps if s.eval_every_steps > 0 else (
@@ -401,14 +586,14 @@ def _run(config, workdir, task, mesh, total_steps, steps_per_epoch, t_start,
 
   def save(step: int, did_eval: bool) -> None:
     check_finite(state, last_saved, workdir)
-    if lock is not None:
-      lock.check()
+    if lock is not None and not stop.multi:
+      lock.check()  # (several processes agreed on it in stop.pending)
     writer.flush()  # The log reaches every checkpoint a resume can use.
     ckpt.save(step, state, dict(meta_base, data_position={"step": step}),
               metrics=eval_metrics if did_eval else None)
 
-  try:
-    with _StopSignals() as stop:
+  with stop:
+    try:
       while step < total_steps:
         batch = parallel.shard_batch(next(train_iter), mesh)
         state, metrics = p_step(state, batch, rng, frozen)
@@ -416,7 +601,12 @@ def _run(config, workdir, task, mesh, total_steps, steps_per_epoch, t_start,
         step += 1
         progress.update(step)
         is_last = step == total_steps
-        if step % log_every == 0 or is_last:
+        is_log = step % log_every == 0 or is_last
+        is_eval = step % eval_every == 0 or is_last
+        is_ckpt = step % ckpt_every == 0 or is_last
+        # Every process gets the same answer here (see _StopSignals).
+        stopping = stop.pending(step, is_log or is_eval or is_ckpt, lock)
+        if is_log:
           check_finite(state, last_saved, workdir)
           scalars = {f"train/{k}": v for k, v in buffer.mean().items()}
           scalars["train/images_per_sec"] = progress.images_per_sec(step)
@@ -427,33 +617,32 @@ def _run(config, workdir, task, mesh, total_steps, steps_per_epoch, t_start,
               img_s=round(scalars["train/images_per_sec"])
               if math.isfinite(scalars["train/images_per_sec"]) else "-")
         did_eval = False
-        if step % eval_every == 0 or is_last:
+        if is_eval and not stopping:  # a stop saves first, evaluates never
           eval_metrics = task.evaluate(state, step, writer)
           if eval_metrics:
             writer.write_scalars(step, eval_metrics)
             progress.write(f"step {step}: " + ", ".join(
                 f"{k} {v:.4g}" for k, v in eval_metrics.items()))
           did_eval = True
-        if step % ckpt_every == 0 or is_last or stop.signum is not None:
+          if not stop.multi:  # a signal that came during the evaluation
+            stopping = stop.signum is not None
+        if is_ckpt or stopping:
+          if stopping:
+            stop.protect()
           save(step, did_eval)
           last_saved = step
-        if stop.signum is not None:
-          name = signal.Signals(stop.signum).name
-          raise Stopped(f"stopped by {name} at step {step}; checkpoint "
-                        f"{ckpt.directory}/{step}; rerun the same command to "
-                        f"resume", stop.signum)
+        if stopping:
+          raise Stopped(_stopped_message(stop, step, ckpt.directory),
+                        stop.signum)
         if did_eval or step % ckpt_every == 0:
           progress.restart_clock(step)
-  except KeyboardInterrupt:
-    raise Stopped(f"interrupted at step {step}; rerun the same command to "
-                  f"resume from the last checkpoint"
-                  + (f" (step {last_saved})" if last_saved is not None
-                     else " (none was saved)"), signal.SIGINT) from None
-  finally:
-    progress.close()
-    train_iter.close()
-    ckpt.close()
-    writer.close()
+    except KeyboardInterrupt:
+      raise Stopped(f"interrupted at step {step}; rerun the same command to "
+                    f"resume from the last checkpoint"
+                    + (f" (step {last_saved})" if last_saved is not None
+                       else " (none was saved)"), signal.SIGINT) from None
+    finally:
+      close()
 
   if not eval_metrics:  # resumed a finished run: evaluate what is there
     eval_metrics = task.evaluate(state, step, writer)
@@ -463,3 +652,16 @@ def _run(config, workdir, task, mesh, total_steps, steps_per_epoch, t_start,
           f"{task.summary(eval_metrics)}; checkpoint "
           f"{ckpt.directory}/{step}", flush=True)
   return eval_metrics
+
+
+def _stopped_message(stop: _StopSignals, step: int, directory: str) -> str:
+  name = signal.Signals(stop.signum).name
+  where = ""
+  if stop.preempted:
+    where = (f" (a preemption notice; all {jax.process_count()} process(es) "
+             f"stopped at this step)")
+  elif stop.received != stop.signum:
+    where = (f" (sent to another of the {jax.process_count()} processes; "
+             f"all stopped at this step)")
+  return (f"stopped by {name}{where} at step {step}; checkpoint "
+          f"{directory}/{step}; rerun the same command to resume")

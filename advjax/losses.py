@@ -191,7 +191,15 @@ def cross_entropy(logits, labels, label_smoothing: float = 0.):
   plain CE), or, when `labels` are already distributions [B, K] (soft
   targets, e.g. a distillation teacher's), t_i = labels_i. Every cross-entropy
   of the library (classifier losses, attacks, the AC-GAN class terms) is this
-  one.
+  one; the caller reduces it (the attacks sum it, so an example's input
+  gradient does not depend on the batch size; training losses average it).
+
+  With integer labels its values and gradients are bit-identical to picking
+  -log_softmax(logits)[y] (the sum over k only adds exact zeros), the form
+  the attacks used when their agreement with torchattacks and AutoAttack was
+  measured. optax.softmax_cross_entropy_with_integer_labels computes
+  logsumexp(logits) - logits[y] instead, which rounds differently in the last
+  bits, so it is not used.
   """
   logits = jnp.asarray(logits).astype(jnp.float32)
   labels = jnp.asarray(labels)

@@ -16,9 +16,10 @@ import time
 from typing import Any, Mapping
 
 import numpy as np
+from etils import epath
 from PIL import Image
 
-from advjax import fileio
+from advjax import fileio, integrity
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -132,6 +133,33 @@ class _ObjectStoreEventFiles:
 
   def directory_check(self, path: str) -> None:
     del path  # An object store needs no folders.
+
+
+LOG_NAMES = (METRICS_FILE, "tensorboard", "images")
+
+
+def set_aside_logs(workdir: str, now: float | None = None) -> str | None:
+  """Moves the logs of an earlier run that left no usable checkpoint
+  (`metrics.jsonl` with records, `tensorboard/`, `images/`) into
+  `<workdir>/earlier-<UTC time>/` with a note (MOVED.txt), so that a run
+  starting again at step 0 erases none of them (review #12); returns that
+  folder, or None when `metrics.jsonl` holds nothing. Nothing is deleted."""
+  workdir = fileio.resolve(workdir)
+  log = fileio.join(workdir, METRICS_FILE)
+  if not fileio.exists(log) or not fileio.read_text(log).strip():
+    return None
+  target, stamp = integrity.free_name(workdir, "earlier", now)
+  target.mkdir(parents=True)
+  # The note also makes the folder exist on an object store, where a rename
+  # needs the destination's folder.
+  (target / "MOVED.txt").write_text(
+      f"advjax moved these logs here on {stamp}: the run in {workdir} found "
+      f"no checkpoint to resume from and started again at step 0\n")
+  for name in LOG_NAMES:
+    source = epath.Path(fileio.join(workdir, name))
+    if source.exists():
+      source.rename(target / name)
+  return str(target)
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:

@@ -13,7 +13,9 @@ steps of 0.025 (Madry et al. 2018's CIFAR recipe). gan and unrestricted
 sample the AC-WGAN-GP of configs/acgan_cifar100.py: train it first and point
 `--config.adversarial_training.gan_workdir` at its workdir (the path below is a
 placeholder). unrestricted runs 500 latent steps per batch (Song et al.
-2018), which makes it by far the slowest mode.
+2018), which makes it by far the slowest mode. The field's modes (trades,
+mart, fgsm_rs) train on crafted examples only (prop 1) with their authors'
+defaults at eps 0.1 (8/255 of the [0, 1] range is 0.063 here).
 """
 
 import ml_collections
@@ -22,6 +24,9 @@ from configs import common, densenet_cifar100
 
 
 def get_config(mode: str = "none") -> ml_collections.ConfigDict:
-  return common.study_classifier(
+  config = common.study_classifier(
       densenet_cifar100.get_config(), mode,
       gan_workdir="/tmp/advjax/acgan_cifar100")  # placeholder path
+  if mode in ("trades", "mart", "fgsm_rs"):
+    config.adversarial_training.prop = 1.0
+  return config

@@ -22,6 +22,12 @@ per-example steps of 0.5 (8 steps, 128 samples: 82% vs 93% against a
 classifier trained without attacks, 31% vs 29% against one trained on
 unrestricted examples; larger rates amplify the Langevin noise and lose the
 auxiliary classifier). Times measured here: see experiments/results/.
+
+The field's training modes (`trades`, `mart`, `fgsm_rs`, see
+`advjax.adversaries`) train on crafted examples only (prop 1, the authors'
+setting) at the same eps 0.2; TRADES and MART take 3 steps of eps / 2 (the
+authors: 10 of about eps / 4), fast AT its step of 1.25 eps and logs
+`eval/pgd_check_accuracy` at each evaluation.
 """
 
 import ml_collections
@@ -41,6 +47,11 @@ def get_config(mode: str = "none") -> ml_collections.ConfigDict:
   adv.fgsm.eps = adv.pgd.eps = 0.2
   adv.pgd.num_steps = 3
   adv.pgd.rel_step_size = 0.5
+  adv.trades.eps = adv.mart.eps = adv.fgsm_rs.eps = 0.2
+  adv.trades.num_steps = adv.mart.num_steps = 3
+  adv.trades.rel_step_size = adv.mart.rel_step_size = 0.5
+  if mode in ("trades", "mart", "fgsm_rs"):
+    adv.prop = 1.0
   if mode == "unrestricted":
     adv.unrestricted.num_steps = 8
     adv.unrestricted.learning_rate = 16.0

@@ -1,4 +1,4 @@
-"""AutoAttack throughput: advjax.autoattack beside torchattacks, same weights.
+"""AutoAttack throughput: advjax.attacks.autoattack beside torchattacks, same weights.
 
 The quickstart classifier (configs/quickstart.py: SmallCNN widths (32, 64),
 one conv per stage, hidden 128) with random weights, on Fashion-MNIST test
@@ -67,7 +67,7 @@ def run_advjax(folder: str, args) -> dict:
   import functools  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from flax import traverse_util  # pylint: disable=g-import-not-at-top
-  from advjax import autoattack  # pylint: disable=g-import-not-at-top
+  from advjax.attacks import autoattack  # pylint: disable=g-import-not-at-top
   from advjax.models.cnn import SmallCNN  # pylint: disable=g-import-not-at-top
   variables = traverse_util.unflatten_dict(
       dict(np.load(os.path.join(folder, "weights.npz"))), sep="/")

@@ -6,8 +6,8 @@
 Both read DIR/settings.json. `train` trains the small Fashion-MNIST
 classifier and writes DIR/weights.npz (flax variables, "/"-joined keys) and
 DIR/data.npz (the test images and labels that every attack uses). `attack`
-runs advjax.autoattack's attacks, AutoAttack, FGSM and PGD on them with the
-same settings as the torchattacks script and writes DIR/advjax.npz
+runs advjax.attacks.autoattack's attacks, AutoAttack, FGSM and PGD on them
+with the same settings as the torchattacks script and writes DIR/advjax.npz
 (robust_<name> bool [N], seconds_<name>, logits [N, K]).
 
 It runs in a subprocess so that XLA compiles with its normal optimisations:
@@ -30,7 +30,7 @@ import optax
 from flax import traverse_util
 
 from advjax import attacks
-from advjax import autoattack
+from advjax.attacks import autoattack
 from advjax import input_pipeline
 from advjax.models.cnn import SmallCNN
 

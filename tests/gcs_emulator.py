@@ -12,7 +12,11 @@ what the libraries here rely on and it lacks:
     `ifGenerationMatch`: 412) and the `x-goog-generation` header: tensorstore
     (orbax's array writer) revalidates what it cached with them, and without
     them takes a generation from nowhere and fails its next write with
-    "Malformed StorageGeneration" (now and then, depending on timing).
+    "Malformed StorageGeneration" (now and then, depending on timing);
+  - generation preconditions on writes and deletes (`ifGenerationMatch`,
+    0 meaning "no live object"; 412 otherwise): the work-directory lock
+    creates, heartbeats, takes over and releases with them. The server
+    handles one request at a time, so a check and its write are atomic.
 It also skips what only costs time in memory: rewriting its JSON index after
 every change, and keeping deleted objects for soft-delete.
 
@@ -183,6 +187,67 @@ def _download(request, response, storage, download):
   return None
 
 
+def _generation_mismatch(request, storage, bucket: str, name: str | None
+                         ) -> bool:
+  """Whether the request's `ifGenerationMatch` differs from the live
+  generation of `bucket`/`name` ("0" when there is none)."""
+  from gcp_storage_emulator.exceptions import NotFound  # pylint: disable=g-import-not-at-top
+  want = request.query.get("ifGenerationMatch", [None])[0]
+  if want is None or name is None:
+    return False
+  try:
+    live = str(storage.get_file_obj(bucket, name)["generation"])
+  except NotFound:
+    live = "0"
+  return want != live
+
+
+def _precondition_failed(response) -> None:
+  response.status = HTTPStatus.PRECONDITION_FAILED
+  response.json({"error": {"code": 412, "message": "Precondition Failed"}})
+
+
+def _insert(request, response, storage, insert):
+  """objects.insert (media, multipart, resumable start) with preconditions."""
+  query = request.query
+  name = query["name"][0] if "name" in query else None
+  upload_type = query.get("uploadType", [""])[0]
+  if name is None and upload_type == "multipart":
+    name = request.data["meta"].get("name")
+  elif name is None and upload_type == "resumable" and request.data:
+    name = request.data.get("name")
+  if _generation_mismatch(request, storage, request.params["bucket_name"],
+                          name):
+    return _precondition_failed(response)
+  return insert(request, response, storage)
+
+
+def _upload_partial(request, response, storage, upload_partial):
+  """Resumable upload chunks: the start's precondition (kept in the upload's
+  URL) is checked again at every chunk, so also when the object appears."""
+  from gcp_storage_emulator.exceptions import NotFound  # pylint: disable=g-import-not-at-top
+  try:
+    obj = storage.get_resumable_file_obj(request.query["upload_id"][0])
+  except (NotFound, KeyError):
+    return upload_partial(request, response, storage)
+  if _generation_mismatch(request, storage, obj["bucket"], obj["name"]):
+    return _precondition_failed(response)
+  return upload_partial(request, response, storage)
+
+
+def _delete_object(request, response, storage, delete):
+  from gcp_storage_emulator.exceptions import NotFound  # pylint: disable=g-import-not-at-top
+  params = request.params
+  try:
+    storage.get_file_obj(params["bucket_name"], params["object_id"])
+  except NotFound:
+    return delete(request, response, storage)  # 404, as on the real one
+  if _generation_mismatch(request, storage, params["bucket_name"],
+                          params["object_id"]):
+    return _precondition_failed(response)
+  return delete(request, response, storage)
+
+
 def _exit_with(parent: int) -> None:
   """Ends this process once `parent` has gone (e.g. pytest was killed)."""
   while os.getppid() == parent:
@@ -209,13 +274,19 @@ def _serve(fd: int, bucket: str) -> None:
     def _bucket_soft_delete_retention_seconds(self, bucket_name):
       return 0  # Delete at once.
 
-  original_download = objects.download
-  download = functools.partial(_download, download=original_download)
-  objects.download = download  # `objects.get` with alt=media calls it.
   move = functools.partial(_move, copy=objects.copy, delete=objects.delete)
+  wrapped = {}
+  for name, wrapper in [("download", _download), ("insert", _insert),
+                        ("upload_partial", _upload_partial),
+                        ("delete", _delete_object)]:
+    original = getattr(objects, name)
+    wrapped[original] = functools.partial(wrapper, **{name: original})
+    # `objects.get` with alt=media calls `download`; the server falls back
+    # to `objects.insert` for uploads without the /upload prefix.
+    setattr(objects, name, wrapped[original])
   handlers = [(MOVE_ROUTE, {"POST": move})]
   for regex, methods in server.HANDLERS:
-    handlers.append((regex, {m: (download if h is original_download else h)
+    handlers.append((regex, {m: wrapped.get(h, h)
                              for m, h in methods.items()}))
   server.HANDLERS = tuple(handlers)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import gzip
 import os
 import subprocess
@@ -16,6 +18,33 @@ def python_path() -> str:
   """PYTHONPATH for a subprocess: the repository, then what conftest set
   (the network guard's sitecustomize)."""
   return os.pathsep.join(p for p in [ROOT, os.environ.get("PYTHONPATH")] if p)
+
+
+TORCH_VENV = os.path.join(ROOT, ".ci", "torch-venv")
+TORCH_PY = os.path.join(TORCH_VENV, "bin", "python")
+
+
+@functools.cache
+def torch_python() -> str:
+  """The test-only PyTorch interpreter (torch, pytorch-fid, torchattacks),
+  built by `.ci/torch_env.sh` on first use.
+
+  The reference checks run for everyone who runs the README's test command,
+  not only in CI: the first test that needs the venv builds it (once, under a
+  lock that pytest-xdist workers share; a few minutes, from the package
+  registry), the others wait for it. Skips, with the build's last words, only
+  when the venv cannot be built here (no registry, no disk).
+  """
+  import pytest  # pylint: disable=g-import-not-at-top
+  os.makedirs(os.path.dirname(TORCH_VENV), exist_ok=True)
+  with open(TORCH_VENV + ".lock", "w", encoding="utf-8") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    proc = subprocess.run(["bash", os.path.join(ROOT, ".ci", "torch_env.sh")],
+                          capture_output=True, text=True, timeout=3600)
+  if proc.returncode:
+    pytest.skip("the test-only torch venv could not be built by "
+                f".ci/torch_env.sh: {proc.stderr.strip()[-300:]}")
+  return TORCH_PY
 
 
 def load_config(name: str):

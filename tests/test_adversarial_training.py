@@ -307,7 +307,8 @@ def test_gan_mode_draws_the_frozen_generator_for_the_batch_labels(gan_workdir):
   assert out["latent"].shape == (4, 8)
 
 
-@pytest.mark.parametrize("mode", ["none", "fgsm", "pgd", "gan", "unrestricted"])
+@pytest.mark.parametrize("mode", ["none", "fgsm", "pgd", "gan", "unrestricted",
+                                  "trades", "mart", "fgsm_rs"])
 def test_each_mode_trains_under_mock_data_on_two_devices(mode, gan_workdir,
                                                          tmp_path,
                                                          monkeypatch):
@@ -321,6 +322,9 @@ def test_each_mode_trains_under_mock_data_on_two_devices(mode, gan_workdir,
   config.adversarial_training.gan_workdir = gan_workdir
   config.adversarial_training.unrestricted.num_steps = 3
   config.adversarial_training.pgd.num_steps = 2
+  config.adversarial_training.trades.num_steps = 1
+  config.adversarial_training.mart.num_steps = 1
+  config.adversarial_training.overfit_check_examples = 8
   make_mesh = parallel.make_mesh
   monkeypatch.setattr(parallel, "make_mesh",
                       lambda devices=None: make_mesh(jax.devices()[:2]))
@@ -338,6 +342,10 @@ def test_each_mode_trains_under_mock_data_on_two_devices(mode, gan_workdir,
             "train/clean_accuracy"} <= set(train_rows[0])
   if mode == "unrestricted":
     assert 0.0 <= train_rows[0]["train/attack_success_rate"] <= 1.0
+  # Fast AT's catastrophic-overfitting check, at evaluations only.
+  assert ("eval/pgd_check_accuracy" in final) == (mode == "fgsm_rs")
+  if mode in ("trades", "mart", "fgsm_rs"):  # the authors' 100% adversarial
+    assert config.adversarial_training.prop == 1.0
 
 
 def test_bfloat16_compute_trains_with_float32_params_and_finite_loss():

@@ -1,4 +1,4 @@
-"""advjax.autoattack against torchattacks, on the same trained weights.
+"""advjax.attacks.autoattack against torchattacks, on the same trained weights.
 
 A small CNN (advjax's SmallCNN, one 3x3 conv per stage) is trained on
 Fashion-MNIST for a few hundred steps; its weights go to torchattacks (in the
@@ -43,9 +43,9 @@ import numpy as np
 import pytest
 
 from advjax import input_pipeline
+from tests.helpers import torch_python
 
 REPO = Path(__file__).resolve().parents[1]
-TORCH_PY = REPO / ".ci" / "torch-venv" / "bin" / "python"
 TORCH_SCRIPT = REPO / "tests" / "torch_reference" / "autoattack_torchattacks.py"
 WORKER = REPO / "tests" / "autoattack_reference_worker.py"
 
@@ -78,18 +78,6 @@ def _check(proc: subprocess.CompletedProcess, what: str) -> None:
   print(f"\n{what}:\n{proc.stdout.strip()}")
 
 
-def _torch_unavailable() -> str | None:
-  if not TORCH_PY.exists():
-    return (f"torch reference env not found at {TORCH_PY}; create it with "
-            f"`bash .ci/torch_env.sh`")
-  probe = subprocess.run([str(TORCH_PY), "-c", "import torchattacks"],
-                         capture_output=True, text=True, timeout=120)
-  if probe.returncode:
-    return (f"torchattacks is not installed in {TORCH_PY.parent.parent}; run "
-            f"`bash .ci/torch_env.sh`")
-  return None
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
   """Trains the classifier once; the folder holds its weights and images."""
@@ -111,11 +99,14 @@ def verdicts(folder):
   """Both sides' outputs, run at the same time: {"ours", "theirs" (None
   without the torch venv), "reason" (why not), "y" (the labels)}."""
   start = time.time()
-  reason = _torch_unavailable()
-  torch_proc = None
-  if reason is None:
+  reason, torch_proc = None, None
+  try:
+    torch_py = torch_python()
+  except pytest.skip.Exception as e:  # The venv could not be built here.
+    reason = str(e)
+  else:
     torch_proc = subprocess.Popen(
-        [str(TORCH_PY), str(TORCH_SCRIPT), str(folder)],
+        [torch_py, str(TORCH_SCRIPT), str(folder)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   ours = subprocess.run([sys.executable, str(WORKER), "attack", str(folder)],
                         env=_jax_env(), capture_output=True, text=True,

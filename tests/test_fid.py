@@ -24,9 +24,9 @@ from advjax import fid
 from advjax import fileio
 from advjax import inception
 from advjax.errors import UserError
+from tests import helpers
 
 REPO = Path(__file__).resolve().parents[1]
-TORCH_PY = REPO / ".ci" / "torch-venv" / "bin" / "python"
 DUMP_SCRIPT = REPO / "tests" / "torch_reference" / "dump_fid_inception.py"
 
 
@@ -38,9 +38,7 @@ DUMP_SCRIPT = REPO / "tests" / "torch_reference" / "dump_fid_inception.py"
 @pytest.fixture(scope="module")
 def torch_reference(tmp_path_factory):
   """Run the dump script once; returns (out_dir, reference arrays)."""
-  if not TORCH_PY.exists():
-    pytest.skip(f"torch reference env not found at {TORCH_PY}; create it "
-                f"with `bash .ci/torch_env.sh`")
+  torch_py = helpers.torch_python()
   # One dump per pytest run, shared by pytest-xdist workers (their basetemps
   # share a parent); a lock makes the other workers wait for the first.
   digest = hashlib.sha1(DUMP_SCRIPT.read_bytes()).hexdigest()[:12]
@@ -52,7 +50,7 @@ def torch_reference(tmp_path_factory):
     fcntl.flock(lock, fcntl.LOCK_EX)
     if not (out / "reference.npz").exists():
       start = time.time()
-      proc = subprocess.run([str(TORCH_PY), str(DUMP_SCRIPT), str(out)],
+      proc = subprocess.run([torch_py, str(DUMP_SCRIPT), str(out)],
                             capture_output=True, text=True, timeout=900)
       assert proc.returncode == 0, (
           f"dump script failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
@@ -145,6 +143,57 @@ def test_reader_refuses_arbitrary_objects(tmp_path):
     zf.writestr("archive/data.pkl", pickle.dumps({"x": os.system}))
   with pytest.raises(UserError, match="refusing to load"):
     inception.read_torch_state_dict(str(path))
+
+
+def _crafted_pth(path, offset, size, stride, numel=4):
+  """A zip .pth holding one float tensor 'w' over a storage of `numel`
+  floats, with the given offset, size and stride (pickle opcodes written by
+  hand: no torch needed to make a file torch's format describes)."""
+  def text(value):
+    data = value.encode()
+    return b"X" + len(data).to_bytes(4, "little") + data
+
+  def integer(value):
+    return b"J" + int(value).to_bytes(4, "little", signed=True)
+
+  def ints(values):
+    return b"(" + b"".join(integer(v) for v in values) + b"t"
+
+  pkl = (b"\x80\x02}" + text("w") + b"ctorch._utils\n_rebuild_tensor_v2\n("
+         + b"(" + text("storage") + b"ctorch\nFloatStorage\n" + text("0")
+         + text("cpu") + integer(numel) + b"tQ"
+         + integer(offset) + ints(size) + ints(stride) + b"\x89}tRs.")
+  with zipfile.ZipFile(path, "w") as zf:
+    zf.writestr("archive/data.pkl", pkl)
+    zf.writestr("archive/data/0",
+                np.arange(numel, dtype="<f4").tobytes())
+  return str(path)
+
+
+@pytest.mark.parametrize("offset, size, stride, expected", [
+    (0, (2, 2), (2, 1), [[0, 1], [2, 3]]),
+    (1, (3,), (1,), [1, 2, 3]),
+    (3, (), (), 3),
+    (2, (0, 5), (5, 1), np.zeros((0, 5))),
+    (3, (2,), (1,), None),  # one past the end
+    (0, (2, 2), (3, 1), None),
+    (4, (), (), None),
+    (0, (2,), (-1,), None),
+    (-1, (1,), (1,), None),
+    (0, (2, 2), (1,), None),
+    (2 ** 30, (1,), (1,), None),
+])
+def test_reader_checks_offsets_and_strides(tmp_path, offset, size, stride,
+                                           expected):
+  path = _crafted_pth(tmp_path / "w.pth", offset, size, stride)
+  if expected is None:
+    with pytest.raises(UserError, match="corrupt: tensor w .* does not lie in "
+                       "its storage of 4 elements"):
+      inception.read_torch_state_dict(path)
+    return
+  got = inception.read_torch_state_dict(path)["w"]
+  np.testing.assert_array_equal(got, np.asarray(expected, np.float32))
+  assert got.shape == np.asarray(expected).shape
 
 
 def _torch_layout_state_dict(seed=0):
@@ -277,6 +326,8 @@ def test_weights_found_in_env_then_cache_then_download(offline, monkeypatch):
     Path(dest).write_bytes(b"x")
 
   monkeypatch.setattr(inception, "_download", fake_download)
+  monkeypatch.setattr(inception, "FID_WEIGHTS_SHA256",
+                      hashlib.sha256(b"x").hexdigest())
   cache = inception.default_cache_path()
   assert inception.find_fid_weights() == cache
   assert calls == [inception.FID_WEIGHTS_URL]
@@ -408,3 +459,46 @@ def test_feature_extractor_counts_each_image_once():
 
 if __name__ == "__main__":
   sys.exit(pytest.main([__file__, "-q", "-s"]))
+
+
+def test_the_full_hash_extends_the_prefix_in_the_file_name():
+  prefix = inception.FID_WEIGHTS_FILENAME.rsplit("-", 1)[1].split(".")[0]
+  assert len(inception.FID_WEIGHTS_SHA256) == 64
+  assert inception.FID_WEIGHTS_SHA256.startswith(prefix)
+  assert inception.FID_WEIGHTS_URL.endswith(inception.FID_WEIGHTS_FILENAME)
+
+
+def test_download_is_cached_only_with_the_right_sha256(monkeypatch, tmp_path):
+  """A local fake server: a body cut short (urllib does not raise) or altered
+  never stays in the cache; a stale bad cache file is fetched again."""
+  monkeypatch.delenv(inception.FID_WEIGHTS_ENV, raising=False)
+  monkeypatch.setenv("HOME", str(tmp_path))
+  body = os.urandom(3 << 20)
+  monkeypatch.setattr(inception, "FID_WEIGHTS_SHA256",
+                      hashlib.sha256(body).hexdigest())
+  served = []
+
+  def urlopen(url, timeout):
+    assert url == inception.FID_WEIGHTS_URL and timeout > 0
+    import io  # pylint: disable=g-import-not-at-top
+    return io.BytesIO(served[-1])
+
+  monkeypatch.setattr(inception.urllib.request, "urlopen", urlopen)
+  cache = Path(inception.default_cache_path())
+  for bad in (body[:len(body) // 2], body[:-1] + b"!"):
+    served.append(bad)
+    with pytest.raises(UserError, match="cut short or altered") as e:
+      inception.find_fid_weights()
+    assert "\n" not in str(e.value) and str(cache) in str(e.value)
+    assert not cache.exists()
+    assert os.listdir(cache.parent) == []  # no .part left either
+  served.append(body)
+  assert inception.find_fid_weights() == str(cache)
+  assert cache.read_bytes() == body
+  # A file cut short by an older version is refused offline, fetched again
+  # otherwise.
+  cache.write_bytes(body[:100])
+  with pytest.raises(UserError, match="not the expected file"):
+    inception.find_fid_weights(download=False)
+  assert inception.find_fid_weights() == str(cache)
+  assert cache.read_bytes() == body

@@ -116,7 +116,9 @@ def test_damaged_checkpoint_fails_verification_naming_the_damage(
   else:
     step_dir = tmp_path / "7"
   verdict = integrity.verify(step_dir)
-  assert verdict.status == "corrupt"
+  assert not verdict
+  assert verdict.status == ("missing" if damage == "missing_folder"
+                            else "corrupt")
   assert needle in verdict.reason
 
 
@@ -168,3 +170,29 @@ def test_quarantining_the_same_step_twice_keeps_both(tmp_path):
     integrity.quarantine(tmp_path, 1, "bad", now=0.0)
   assert sorted(os.listdir(tmp_path)) == ["1.unreadable-19700101T000000Z",
                                           "1.unreadable-19700101T000000Z-2"]
+
+
+def test_a_file_that_vanishes_during_verification_is_a_verdict(
+    tmp_path, monkeypatch):
+  """A live run's retention may remove a step while it is checked: a
+  verdict, never a FileNotFoundError traceback."""
+  _save(tmp_path, [1, 2])
+  real = integrity._hash
+
+  def vanish(path):
+    if "state" in str(path):
+      raise FileNotFoundError(2, "No such file", str(path))
+    return real(path)
+
+  monkeypatch.setattr(integrity, "_hash", vanish)
+  verdict = integrity.verify(tmp_path / "1")
+  assert verdict.status == "corrupt" and "vanished" in verdict.reason
+
+  def vanish_all(path):
+    import shutil
+    shutil.rmtree(tmp_path / "2", ignore_errors=True)
+    raise FileNotFoundError(2, "No such file", str(path))
+
+  monkeypatch.setattr(integrity, "_hash", vanish_all)
+  verdict = integrity.verify(tmp_path / "2")
+  assert verdict.status == "missing" and not verdict

@@ -287,3 +287,200 @@ def test_predict_and_sample_refuse_malformed_requests(tmp_path):
   with pytest.raises(UserError, match=r"\[N, 28, 28, 1\]"):
     classifier.predict(np.zeros((2, 32, 32, 3), np.float32))
   assert classifier.predict(np.zeros((28, 28, 1))).shape == (1,)
+
+
+def _free_port():
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _two_processes(workdir, steps, env=None):
+  port = _free_port()
+  flags = [*TINY, f"--config.num_train_steps={steps}",
+           "--config.checkpoint.every_steps=1000000",
+           "--config.checkpoint.async_save=True", f"--workdir={workdir}",
+           f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
+  return [run_cli([*flags, f"--process_id={i}"], num_devices=1,
+                  mock_examples=32, wait=False, env=env) for i in range(2)]
+
+
+def _communicate(procs, timeout=300):
+  try:
+    return [p.communicate(timeout=timeout) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+
+
+@pytest.mark.parametrize("sig, service", [
+    (signal.SIGTERM, True),  # JAX's preemption service agrees on the step
+    (signal.SIGTERM, False),  # the processes exchange the flag at log steps
+    (signal.SIGINT, True)])
+def test_signal_to_one_of_two_processes_stops_both_at_one_step(
+    tmp_path, sig, service):
+  workdir = str(tmp_path / "run")
+  env = {"JAX_ENABLE_PREEMPTION_SERVICE": str(service).lower()}
+  procs = _two_processes(workdir, steps=1000000, env=env)
+  try:
+    _wait_for(lambda: os.path.isfile(os.path.join(workdir, "metrics.jsonl"))
+              and len(read_metrics(workdir)) >= 2, procs[0])
+    assert procs[1].poll() is None
+    os.kill(procs[1].pid, sig)  # the process without the lock
+    outs = _communicate(procs)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  stops = []
+  name = signal.Signals(sig).name
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 128 + sig, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"advjax: stopped by {name}"), err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    stops.append(int(last.split(" at step ")[1].split(";")[0]))
+  assert stops[0] == stops[1], stops
+  step = stops[0]
+  assert checkpoints.available_steps(workdir) == [step]
+  assert not os.path.exists(os.path.join(workdir, "advjax.lock"))
+  # Both resume from that step, in lockstep, and finish.
+  procs = _two_processes(workdir, steps=step + 2, env=env)
+  outs = _communicate(procs)
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  assert f"resumed from step {step}" in outs[0][0]
+  logged = [r["step"] for r in read_metrics(workdir) if "train/loss" in r]
+  assert logged == list(range(1, step + 3))
+  assert checkpoints.available_steps(workdir) == [step, step + 2]
+
+
+def test_a_stop_saves_before_evaluating_and_a_second_signal_cannot_cut_the_save(
+    tmp_path, monkeypatch):
+  from advjax import loop  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / "run")
+  config = _tiny_config()
+  config.num_train_steps, config.eval_every_steps = 100, 3
+  config.checkpoint.every_steps = 2
+  save, close = checkpoints.Checkpointer.save, checkpoints.Checkpointer.close
+  during_close = []
+
+  def signalling_save(self, step, *args, **kwargs):
+    if step == 2:  # the stop is pending at step 3, an evaluation step
+      os.kill(os.getpid(), signal.SIGTERM)
+    if step == 3:  # a second and third signal while the last save runs
+      os.kill(os.getpid(), signal.SIGINT)
+      os.kill(os.getpid(), signal.SIGTERM)
+    return save(self, step, *args, **kwargs)
+
+  def signalled_close(self):
+    os.kill(os.getpid(), signal.SIGINT)  # still protected while committing
+    during_close.append(signal.getsignal(signal.SIGINT))
+    return close(self)
+
+  monkeypatch.setattr(checkpoints.Checkpointer, "save", signalling_save)
+  monkeypatch.setattr(checkpoints.Checkpointer, "close", signalled_close)
+  previous = signal.getsignal(signal.SIGINT)
+  with tfds.testing.mock_data(num_examples=16):
+    with pytest.raises(loop.Stopped, match="stopped by SIGTERM at step 3;"):
+      trainers.run(config, workdir)
+  assert during_close and during_close[0] is not previous
+  assert signal.getsignal(signal.SIGINT) is previous
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+  assert checkpoints.available_steps(workdir) == [2, 3]
+  evaluated = [r["step"] for r in read_metrics(workdir)
+               if any(k.startswith("eval/") for k in r)]
+  assert 3 not in evaluated
+
+
+def test_stop_signals_restore_a_handler_installed_in_c():
+  import ctypes  # pylint: disable=g-import-not-at-top
+  from advjax import loop  # pylint: disable=g-import-not-at-top
+  libc = ctypes.CDLL(None)
+  libc.signal.restype = ctypes.c_void_p
+  libc.signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
+
+  def c_handler():
+    return ctypes.c_void_p.from_buffer(loop._c_action(signal.SIGTERM)).value
+
+  # SIG_IGN installed behind Python's back, as JAX installs its notifier.
+  libc.signal(signal.SIGTERM, 1)
+  try:
+    assert c_handler() == 1
+    with loop._StopSignals():
+      assert c_handler() not in (None, 0, 1)
+    assert c_handler() == 1  # not SIG_DFL
+  finally:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+class _Lock:
+  def __init__(self, lost):
+    self.lost = lost
+
+  def check(self):
+    if self.lost:
+      raise UserError("the work directory was taken over by host h")
+
+
+@pytest.mark.parametrize("mine, theirs, lock_lost, expected", [
+    (0, 0, False, None), (0, signal.SIGINT, False, signal.SIGINT),
+    (signal.SIGTERM, 0, False, signal.SIGTERM), (0, 0, True, "taken over"),
+    (0, -1, False, "process 0 lost")])
+def test_processes_agree_on_a_stop_and_on_a_lost_lock(
+    monkeypatch, mine, theirs, lock_lost, expected):
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  from advjax import loop  # pylint: disable=g-import-not-at-top
+  stop = loop._StopSignals()
+  stop.multi, stop.received = True, mine or None
+
+  def allgather(x):  # this process and another one
+    other = [0, 1] if theirs == -1 else [theirs, 0]
+    return np.stack([np.asarray(x), np.asarray(other, np.int32)])
+
+  monkeypatch.setattr(multihost_utils, "process_allgather", allgather)
+  lock = _Lock(lock_lost) if lock_lost or theirs != -1 else None
+  if isinstance(expected, str):
+    with pytest.raises(UserError, match=expected):
+      stop.pending(4, True, lock)
+    return
+  assert not stop.pending(3, False, lock)  # no exchange between log steps
+  assert stop.pending(4, True, lock) == (expected is not None)
+  assert stop.signum == expected
+
+
+def test_writer_and_iterator_are_closed_when_the_checkpoint_close_fails(
+    tmp_path, monkeypatch):
+  from advjax import input_pipeline, metric_writers  # pylint: disable=g-import-not-at-top
+  closed = []
+  close = checkpoints.Checkpointer.close
+
+  def failing_close(self):
+    close(self)
+    closed.append("ckpt")
+    raise OSError(errno.EIO, "Input/output error", "checkpoints/2")
+
+  for cls, name in ((metric_writers.MetricWriter, "writer"),
+                    (input_pipeline.TrainIterator, "iterator")):
+    def recording(self, cls=cls, name=name, orig=cls.close):
+      closed.append(name)
+      return orig(self)
+    monkeypatch.setattr(cls, "close", recording)
+  monkeypatch.setattr(checkpoints.Checkpointer, "close", failing_close)
+  with tfds.testing.mock_data(num_examples=16):
+    with pytest.raises(OSError, match="Input/output error"):
+      trainers.run(_tiny_config(), str(tmp_path / "run"))
+  assert sorted(closed) == ["ckpt", "iterator", "writer"]
+  # A mistake found in the data (a batch larger than the dataset) closes the
+  # checkpoints too.
+  closed.clear()
+  monkeypatch.setattr(checkpoints.Checkpointer, "close",
+                      lambda self: (close(self), closed.append("ckpt")))
+  config = _tiny_config()
+  config.batch_size = 4096
+  with tfds.testing.mock_data(num_examples=16):
+    with pytest.raises(UserError):
+      trainers.run(config, str(tmp_path / "other"))
+  assert "ckpt" in closed

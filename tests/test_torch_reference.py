@@ -14,9 +14,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, torch_python
 
-TORCH_PY = os.path.join(ROOT, ".ci", "torch-venv", "bin", "python")
 
 # Cheap versions of the benchmark's workloads (dropout off: its masks are
 # framework-specific random draws).
@@ -49,9 +48,7 @@ def _benchmark():
 
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_pytorch_workload_matches_advjax(name, tmp_path):
-  if not os.path.exists(TORCH_PY):
-    pytest.skip(f"torch reference env not found at {TORCH_PY}; create it "
-                f"with `bash .ci/torch_env.sh`")
+  torch_py = torch_python()
   bench = _benchmark()
   workload = {**bench.WORKLOADS[name], **TINY[name]}
   workload["overrides"] = {**bench.WORKLOADS[name].get("overrides", {}),
@@ -60,7 +57,7 @@ def test_pytorch_workload_matches_advjax(name, tmp_path):
   expected = built.reference()
   np.savez(tmp_path / "in.npz", **built.export)
   proc = subprocess.run(
-      [TORCH_PY, bench.TORCH_SCRIPT, f"--spec={json.dumps(built.spec)}",
+      [torch_py, bench.TORCH_SCRIPT, f"--spec={json.dumps(built.spec)}",
        f"--weights={tmp_path / 'in.npz'}", f"--check={tmp_path / 'out.npz'}",
        "--threads=1"], capture_output=True, text=True, timeout=300,
       check=False)

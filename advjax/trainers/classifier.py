@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import time
 from typing import Any
 
@@ -34,9 +35,9 @@ import ml_collections
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from advjax import (adversarial_training, example_rng, inference,
-                    input_pipeline, loop, losses, models, optimizers,
-                    parallel, run_settings)
+from advjax import (adversarial_training, attacks, example_rng, frozen_models,
+                    inference, input_pipeline, loop, losses, models,
+                    optimizers, parallel, run_settings)
 from advjax import settings as settings_lib
 from advjax.errors import UserError
 from advjax.parallel import AXIS
@@ -139,7 +140,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
   joined by examples crafted against the current parameters (BatchNorm in
   inference mode), and the loss is Kurakin et al.'s weighted mean of the
   clean and crafted cross-entropies. The model then runs in train mode on the
-  whole batch.
+  whole batch. For modes with their own loss (TRADES, MART) it runs twice in
+  train mode, on the real images and then on the crafted ones, and the
+  crafted examples' cross-entropy is replaced by the mode's loss
+  (`adversarial_training.mode_losses`).
   """
   frozen = frozen or {}
   # Dropout draws each example's mask from its global index (the same run on
@@ -162,14 +166,20 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
     if "success" in out:
       extra["attack_success_rate"] = jnp.mean(
           out["success"].astype(jnp.float32))
-  targets = labels
+  mode_loss = active and plan.loss is not None
+  targets = batch["label"] if mode_loss else labels
   if settings.teacher is not None:
-    teacher_logits = settings.teacher.apply(frozen["teacher"], images,
-                                            train=False)
+    # A mode with its own loss reads the targets of the real images.
+    teacher_logits = settings.teacher.apply(
+        frozen["teacher"], batch["image"] if mode_loss else images,
+        train=False)
     targets = jax.nn.softmax(teacher_logits / settings.temperature)
 
   def loss_fn(params):
     variables = {"params": params, "batch_stats": state.batch_stats}
+    if mode_loss:
+      return _mode_loss(state, params, batch, out["image"][num_clean:],
+                        labels, targets, settings, step_rng)
     logits, updates = state.apply_fn(
         variables, images, train=True, mutable=["batch_stats"],
         rngs={"dropout": step_rng})
@@ -203,6 +213,40 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
   return loop.guard_nonfinite(state, new_state, metrics["loss"]), metrics
 
 
+def _mode_loss(state: TrainState, params: Any, batch: dict[str, jax.Array],
+               adv_images: jax.Array, crafted_labels: jax.Array,
+               targets: jax.Array, settings: StepSettings,
+               dropout_rng: jax.Array):
+  """loss_fn of a mode with its own loss: the real images, then the crafted
+  ones, in train mode (the second pass starts from the first's BatchNorm
+  averages), and `adversarial_training.mode_losses`."""
+  plan, t = settings.plan, settings.temperature
+
+  def forward(stats, x, rng):
+    return state.apply_fn({"params": params, "batch_stats": stats}, x,
+                          train=True, mutable=["batch_stats"],
+                          rngs={"dropout": rng})
+
+  real_logits, updates = forward(state.batch_stats, batch["image"],
+                                 dropout_rng)
+  # The same dropout keys: a crafted example and its source (the same row)
+  # share their mask, so the KL terms measure the perturbation, not dropout.
+  adv_logits, updates = forward(
+      updates.get("batch_stats", state.batch_stats), adv_images, dropout_rng)
+  real_logits, adv_logits = real_logits / t, adv_logits / t
+  if targets.ndim == 1:  # labels: smoothed one-hot distributions
+    k = real_logits.shape[-1]
+    targets = (jax.nn.one_hot(targets, k) * (1. - settings.label_smoothing)
+               + settings.label_smoothing / k)
+  per_example, logits = adversarial_training.mode_losses(
+      plan, real_logits, adv_logits, batch["label"], targets)
+  num_aug = adv_images.shape[0]
+  loss, parts = adversarial_training.split_losses(
+      per_example, logits, crafted_labels, per_example.shape[0] - num_aug,
+      num_aug, plan.settings.adv_weight)
+  return loss, (logits, updates, parts)
+
+
 def eval_step(state: TrainState, batch: dict[str, jax.Array]
               ) -> dict[str, jax.Array]:
   """Sums of loss, correct predictions and real examples over all devices.
@@ -222,6 +266,67 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array]
   return jax.lax.psum(sums, AXIS)
 
 
+def pgd_check_step(state: TrainState, batch: dict[str, jax.Array],
+                   rng: jax.Array, *, eps: float) -> dict[str, jax.Array]:
+  """Sums of correct predictions under PGD-5 (random start, steps eps / 4:
+  Wong et al. 2020's catastrophic-overfitting check) and of real examples,
+  over all devices."""
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  logits_fn = lambda x: state.apply_fn(variables, x, train=False)
+  rng = jax.random.fold_in(rng, jax.lax.axis_index(AXIS))
+  x_adv = attacks.pgd(logits_fn, batch["image"], batch["label"], rng,
+                      eps=eps, step_size=eps / 4, num_steps=5)
+  mask = batch["mask"].astype(jnp.float32)
+  correct = (jnp.argmax(logits_fn(x_adv), -1) == batch["label"])
+  return jax.lax.psum({"correct": jnp.sum(correct * mask),
+                       "count": jnp.sum(mask)}, AXIS)
+
+
+def overfitting_check(plan: adversarial_training.Plan, eval_source: Any,
+                      eval_batch_size: int, mesh: jax.sharding.Mesh,
+                      seed: int):
+  """`check(state) -> {'eval/pgd_check_accuracy': acc}` on the first
+  `overfit_check_examples` test images (whole evaluation batches), warning
+  when the accuracy falls below `overfit_warn_fraction` of its best so far
+  in this process (see `advjax.adversarial_training`)."""
+  s = plan.settings
+  num_batches = -(-s.overfit_check_examples // eval_batch_size)
+  it = input_pipeline.eval_batches(eval_source,
+                                   global_batch_size=eval_batch_size)
+  batches = list(itertools.islice(it, num_batches))
+  if hasattr(it, "close"):
+    it.close()
+  step = parallel.data_parallel(
+      functools.partial(pgd_check_step, eps=plan.adversary_settings.eps),
+      mesh, in_specs=(P(), P(AXIS), P()), out_specs=P())
+  rng = parallel.replicate(jax.random.key(seed), mesh)
+  best = [0.0]
+
+  def check(state: TrainState) -> dict[str, float]:
+    sums = [step(state, parallel.shard_batch(b, mesh), rng) for b in batches]
+    total = jax.tree.map(lambda *xs: float(np.sum(xs)), *jax.device_get(sums))
+    accuracy = total["correct"] / max(total["count"], 1.0)
+    warning = overfitting_warning(accuracy, best[0], s.overfit_warn_fraction,
+                                  int(total["count"]), plan.adversary.label)
+    if warning:
+      loop.announce(warning)
+    best[0] = max(best[0], accuracy)
+    return {"eval/pgd_check_accuracy": accuracy}
+  return check
+
+
+def overfitting_warning(accuracy: float, best: float, fraction: float,
+                        count: int, label: str) -> str | None:
+  """The warning of a collapsed PGD accuracy (below `fraction` of `best`),
+  or None."""
+  if accuracy >= fraction * best:
+    return None
+  return (f"warning: PGD accuracy on {count} test images fell to "
+          f"{100 * accuracy:.1f}% from {100 * best:.1f}%: catastrophic "
+          f"overfitting of {label} training (Wong et al. 2020); a smaller "
+          f"step or the checkpoint of the best PGD accuracy avoids it")
+
+
 # ---------------------------------------------------------------------------
 # Evaluation and the training job.
 
@@ -238,11 +343,13 @@ def evaluate(p_eval_step, state: TrainState, batches: Any,
 
 def gan_eval_samples(gan_workdir: str, num_classes: int,
                      image_shape: tuple[int, ...], num_samples: int,
-                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                     seed: int = 0, pins: frozen_models.Pins | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
   """Fixed class-balanced samples of an AC-GAN run, to follow how well the
   classifier does on generated images while it trains (the study's finding:
   it learns them early)."""
-  gan = inference.restore(gan_workdir, kind="gan")
+  gan = (pins or frozen_models.Pins()).restore(
+      "eval_gan", gan_workdir, kind="gan", training=False)
   if gan.num_classes != num_classes:
     raise UserError(f"eval.gan_workdir {gan_workdir} is a GAN with "
                     f"{gan.num_classes} classes (0 = unconditional); the "
@@ -282,13 +389,13 @@ def array_eval_batches(images: np.ndarray, labels: np.ndarray,
   return batches
 
 
-def _teacher(config: ml_collections.ConfigDict, dataset: str
-             ) -> inference.Classifier | None:
+def _teacher(config: ml_collections.ConfigDict, dataset: str,
+             pins: frozen_models.Pins) -> inference.Classifier | None:
   teacher_dir = settings_lib.read(DistillSettings, config,
                                   "distill").teacher_workdir
   if not teacher_dir:
     return None
-  teacher = inference.restore(teacher_dir, kind="classifier")
+  teacher = pins.restore("teacher", teacher_dir, kind="classifier")
   if teacher.config.dataset.name != dataset:
     raise UserError(f"the teacher in {teacher_dir} was trained on "
                     f"{teacher.config.dataset.name}, not {dataset}")
@@ -320,9 +427,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   model = models.create_model(config.model, info.num_classes, axis_name=AXIS,
                               dtype=jnp.dtype(s.dtype))
-  plan, gan_variables = adversarial_training.read(config, info.num_classes,
-                                                  info.image_shape)
-  teacher = _teacher(config, info.name)
+  # Frozen models: the steps this run started with when it resumes.
+  pins = frozen_models.Pins(workdir, options.allow_config_change)
+  plan, gan_variables = adversarial_training.read(
+      config, info.num_classes, info.image_shape, pins=pins)
+  teacher = _teacher(config, info.name, pins)
   frozen: dict[str, Any] = {}
   if teacher is not None:
     frozen["teacher"] = teacher.variables
@@ -342,7 +451,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     loop.announce(f"adversarial training with {plan.adversary.label} on "
                   f"{100 * a.prop:g}% of each batch "
                   f"({'replacing' if a.replace else 'added to'} real "
-                  f"images), weight {a.adv_weight:g}")
+                  f"images), weight {a.adv_weight:g}"
+                  + (f", {plan.adversary.label}'s own loss"
+                     if plan.loss is not None else ""))
 
   p_eval_step = parallel.data_parallel(eval_step, mesh,
                                        in_specs=(P(), P(AXIS)), out_specs=P())
@@ -351,14 +462,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if e.gan_workdir:
     images, labels = gan_eval_samples(
         e.gan_workdir, info.num_classes, info.image_shape, e.gan_samples,
-        seed=s.seed)
+        seed=s.seed, pins=pins)
     gan_batches = array_eval_batches(images, labels, eval_batch_size)
+
+  check = None
+  if plan is not None and plan.checks_overfitting:
+    check = overfitting_check(plan, eval_source, eval_batch_size, mesh,
+                              config.seed)
 
   def evaluate_all(state, step, writer):
     del step, writer  # scalars only: the loop writes them
     test = evaluate(p_eval_step, state, input_pipeline.eval_batches(
         eval_source, global_batch_size=eval_batch_size), mesh)
     metrics = {f"eval/{k}": v for k, v in test.items()}
+    if check is not None:
+      metrics.update(check(state))
     if gan_batches is not None:
       metrics["eval/gan_sample_accuracy"] = evaluate(
           p_eval_step, state, gan_batches, mesh)["accuracy"]
@@ -368,7 +486,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       trainer=TRAINER, state=state,
       step_fn=functools.partial(train_step, settings=step_settings),
       batch_size=config.batch_size, train_source=train_source,
-      evaluate=evaluate_all, frozen=frozen,
+      evaluate=evaluate_all, frozen=frozen, frozen_pins=pins.records,
       summary=lambda m: (f"test accuracy {100 * m['eval/accuracy']:.2f}% on "
                          f"{int(m['eval/count'])} {info.name} "
                          f"{info.eval_split} images"))

@@ -41,8 +41,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from advjax import (inference, input_pipeline, loop, losses, optimizers,
-                    parallel, run_settings, two_domain)
+from advjax import (frozen_models, inference, input_pipeline, loop, losses,
+                    optimizers, parallel, run_settings, two_domain)
 from advjax import settings as settings_lib
 from advjax.metric_writers import MetricWriter, image_grid
 from advjax.models import count_params
@@ -404,7 +404,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   images_b = input_pipeline.to_float_image(eval_b.read(range(len(eval_b))))
   n_grid = settings_lib.read(SampleSettings, config, "sample").num_rows
   judge = e.classifier_workdir
-  classifier = inference.restore(judge, kind="classifier") if judge else None
+  pins = frozen_models.Pins(workdir, options.allow_config_change)
+  classifier = pins.restore("eval_classifier", judge, kind="classifier",
+                            training=False) if judge else None
 
   def evaluate(state: CycleGANState, step: int,
                writer: MetricWriter) -> dict[str, float]:
@@ -425,6 +427,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       trainer=TRAINER, state=state,
       step_fn=functools.partial(train_step, settings=s),
       batch_size=config.batch_size, train_source=train_source,
-      evaluate=evaluate, summary=summary, loss_key="g_loss")
+      evaluate=evaluate, summary=summary, loss_key="g_loss",
+      frozen_pins=pins.records)
   return loop.run(config, workdir, task, mesh, total_steps, steps_per_epoch,
                   t_start=t_start, options=options)

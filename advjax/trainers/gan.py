@@ -47,8 +47,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from advjax import (example_rng, inference, input_pipeline, loop, losses,
-                    optimizers, parallel, run_settings)
+from advjax import (example_rng, frozen_models, inference, input_pipeline,
+                    loop, losses, optimizers, parallel, run_settings)
 from advjax import settings as settings_lib
 from advjax.errors import UserError
 from advjax.metric_writers import MetricWriter, image_grid
@@ -553,7 +553,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       create_models(config, num_classes, info.image_shape, axis_name=None)[0])
   e = settings_lib.read(EvalSettings, config, "eval")
   judge = e.classifier_workdir
-  classifier = inference.restore(judge, kind="classifier") if judge else None
+  pins = frozen_models.Pins(workdir, options.allow_config_change)
+  classifier = pins.restore("eval_classifier", judge, kind="classifier",
+                            training=False) if judge else None
 
   def evaluate(state: GANState, step: int,
                writer: MetricWriter) -> dict[str, float]:
@@ -583,6 +585,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       trainer=TRAINER, state=state,
       step_fn=make_train_step(config, num_classes),
       batch_size=step_batch, train_source=train_source, evaluate=evaluate,
-      summary=summary, loss_key="d_loss")
+      summary=summary, loss_key="d_loss",
+      frozen_pins=pins.records)
   return loop.run(config, workdir, task, mesh, total_steps, steps_per_epoch,
                   t_start=t_start, options=options)
