@@ -63,9 +63,13 @@ DONE = "study_done.json"
 DEFAULT_ATTACKS = ("fgsm", "pgd", "autoattack")
 
 
+STUDY_MODES = ("none", "fgsm", "pgd", "gan", "unrestricted")
+
+
 def study_modes() -> list[str]:
-  """The study's modes: 'none' and every adversary that trains."""
-  return adversaries.training_modes()
+  """The study's five modes (its table's rows); `--modes` adds others that
+  train, e.g. trades, mart, fgsm_rs."""
+  return [m for m in STUDY_MODES if m in adversaries.training_modes()]
 
 
 def columns(attack_names: Sequence[str]) -> list[tuple[str, str, str | None]]:
