@@ -72,6 +72,11 @@ def study_modes() -> list[str]:
   return [m for m in STUDY_MODES if m in adversaries.training_modes()]
 
 
+def all_modes() -> list[str]:
+  """Every mode `--modes` accepts: 'none' and every adversary that trains."""
+  return adversaries.training_modes()
+
+
 def columns(attack_names: Sequence[str]) -> list[tuple[str, str, str | None]]:
   """(key, title, format) of the table: one accuracy column per attack."""
   return ([("mode", "mode", None),
@@ -310,9 +315,9 @@ def run_study(workdir: str, *, gan_config: str, classifier_config: str,
     raise UserError(f"--seeds must be a positive number of seeds, got "
                     f"{seeds!r}")
   modes = list(modes if modes is not None else study_modes())
-  bad = [m for m in modes if m not in study_modes()]
+  bad = [m for m in modes if m not in all_modes()]
   if bad:
-    raise UserError(f"unknown mode(s) {bad}; modes are {study_modes()}")
+    raise UserError(f"unknown mode(s) {bad}; modes are {all_modes()}")
   attack_settings = {k: dict(v) for k, v in (attack_settings or {}).items()}
   latent_steps = adversaries.get("unrestricted").evaluation_settings(
       attack_settings.get("unrestricted")).num_steps

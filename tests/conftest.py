@@ -14,12 +14,14 @@ import atexit
 import os
 import re
 import shutil
+import sys
 import tempfile
 import uuid
 
 import pytest
 
 from tests import gcs_emulator
+from tests import helpers
 from tests.netguard import sitecustomize as netguard
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -47,6 +49,18 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 # see the same variables. Nothing may connect anywhere else: a guard (here and,
 # through sitecustomize on PYTHONPATH, in every Python subprocess) refuses
 # such connections and fails the test.
+# The PyTorch reference checks' test-only venv: built once by the README's
+# test command itself (the main process, before any worker starts and before
+# the network guard is on: a set-up step, not a test).
+if not os.environ.get("PYTEST_XDIST_WORKER"):
+  if not os.path.exists(helpers.TORCH_PY):
+    print("advjax tests: building the test-only torch venv (.ci/torch_env.sh, "
+          "once)", file=sys.stderr, flush=True)
+  _TORCH_ERROR = helpers.build_torch_venv()
+  if _TORCH_ERROR:
+    print(f"advjax tests: the torch venv could not be built; the reference "
+          f"checks will skip: {_TORCH_ERROR}", file=sys.stderr, flush=True)
+
 GCS_BUCKET = "advjax-test"
 _STATE_DIR = tempfile.mkdtemp(prefix="advjax-tests-")
 atexit.register(shutil.rmtree, _STATE_DIR, True)

@@ -24,26 +24,32 @@ TORCH_VENV = os.path.join(ROOT, ".ci", "torch-venv")
 TORCH_PY = os.path.join(TORCH_VENV, "bin", "python")
 
 
-@functools.cache
-def torch_python() -> str:
-  """The test-only PyTorch interpreter (torch, pytorch-fid, torchattacks),
-  built by `.ci/torch_env.sh` on first use.
+def build_torch_venv() -> str | None:
+  """Builds (or checks) the test-only PyTorch venv with `.ci/torch_env.sh`,
+  under a lock; None when it is ready, else the build's last words.
 
-  The reference checks run for everyone who runs the README's test command,
-  not only in CI: the first test that needs the venv builds it (once, under a
-  lock that pytest-xdist workers share; a few minutes, from the package
-  registry), the others wait for it. Skips, with the build's last words, only
-  when the venv cannot be built here (no registry, no disk).
+  tests/conftest.py calls it once when the README's test command starts,
+  before the network guard is on (a few minutes the first time, from the
+  package registry), so the reference checks run for everyone, not only in
+  CI.
   """
-  import pytest  # pylint: disable=g-import-not-at-top
   os.makedirs(os.path.dirname(TORCH_VENV), exist_ok=True)
   with open(TORCH_VENV + ".lock", "w", encoding="utf-8") as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     proc = subprocess.run(["bash", os.path.join(ROOT, ".ci", "torch_env.sh")],
                           capture_output=True, text=True, timeout=3600)
-  if proc.returncode:
+  return proc.stderr.strip()[-300:] if proc.returncode else None
+
+
+@functools.cache
+def torch_python() -> str:
+  """The test-only PyTorch interpreter (torch, pytorch-fid, torchattacks,
+  ART); skips, saying why, when the venv could not be built here."""
+  import pytest  # pylint: disable=g-import-not-at-top
+  error = build_torch_venv()  # Only checks, once conftest has built it.
+  if error:
     pytest.skip("the test-only torch venv could not be built by "
-                f".ci/torch_env.sh: {proc.stderr.strip()[-300:]}")
+                f".ci/torch_env.sh: {error}")
   return TORCH_PY
 
 

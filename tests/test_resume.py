@@ -31,7 +31,8 @@ def _step(state, batch, rng, frozen):
 
 def _config(steps):
   return ml_collections.ConfigDict({
-      "seed": 0, "num_train_steps": steps, "log_every_steps": 1,
+      "seed": 0, "num_train_steps": steps, "batch_size": 4,
+      "log_every_steps": 1,
       "eval_every_steps": 100, "progress_bar": False,
       "dataset": {"name": "toy"},
       "checkpoint": {"every_steps": 2, "keep": 5, "async_save": False}})

@@ -46,7 +46,7 @@ def test_training_the_report_and_the_study_see_the_new_modes():
     entry = adversaries.get(name)
     assert entry.trains and entry.norm_bounded
     assert name in adversaries.training_modes()
-    assert name in study.study_modes()
+    assert name in study.all_modes()
     assert name in evaluate._default_attacks()  # pylint: disable=protected-access
     assert name in evaluate.attack_flags()
   assert adversaries.get("trades").loss is not None
