@@ -350,3 +350,53 @@ def test_report_warns_about_zero_gradients_and_flat_accuracy():
   result["rows"][1]["autoattack_accuracy"] = 0.25
   del result["rows"][0]["signals"]
   assert "gradient masking" not in evaluate.robustness_markdown(result)
+
+
+def test_the_transfer_column_is_attacks_transfer_attack(runs, tmp_path):
+  # A substitute other than the model: the column is the library's
+  # transfer attack (FGSM on the substitute, the model judged as a black
+  # box), batch by batch.
+  classifier_dir, _ = runs
+  cls = load_config("quickstart")
+  cls.model.widths, cls.model.hidden = (4,), 8
+  cls.batch_size = cls.eval_batch_size = 16
+  cls.num_train_steps, cls.progress_bar, cls.seed = 2, False, 7
+  with tfds.testing.mock_data(num_examples=48):
+    trainers.run(cls, str(tmp_path / "substitute"))
+    classifier = inference.restore(classifier_dir)
+    substitute = inference.restore(str(tmp_path / "substitute"))
+    result = evaluate.robustness(classifier, eps_list=[0.3],
+                                 attack_names=["fgsm"], num_examples=32,
+                                 batch_size=16, substitute=substitute)
+    errors = [float(attacks.transfer_attack(
+        attacks.fgsm, substitute.logits_fn(), classifier.predict, x, y,
+        eps=0.3)["target_error_adv"])
+              for x, y in evaluate.eval_data(classifier, 32, 16)]
+  assert result["rows"][0]["transfer_error"] == pytest.approx(
+      np.mean(errors))
+
+
+def test_every_report_section_records_what_produced_it(runs, tmp_path):
+  classifier_dir, gan_dir = runs
+  out = str(tmp_path / "report")
+  with tfds.testing.mock_data(num_examples=48):
+    evaluate.report("robustness", classifier_dir, out, eps=(0.1,),
+                    attack_names=["fgsm"], num_examples=16, batch_size=16,
+                    gan_workdir=gan_dir,
+                    attack_settings={"unrestricted": {"num_steps": 1}},
+                    unrestricted_settings={"num_samples": 4})
+  with open(os.path.join(out, "robustness.json")) as f:
+    data = json.load(f)
+  import advjax
+  for section, roles in ((data, {"classifier"}),
+                         (data["unrestricted"], {"classifier", "gan"})):
+    made = section["provenance"]
+    assert made["advjax_version"] == advjax.__version__
+    assert set(made["checkpoints"]) == roles
+    for record in made["checkpoints"].values():
+      assert record["step"] > 0 and len(record["digest"]) == 16
+  assert data["provenance"]["settings"]["eps"] == [0.1]
+  assert data["provenance"]["settings"]["attack"]["fgsm"] == {
+      "target": "true_label", "random_eps": False}
+  assert data["unrestricted"]["provenance"]["settings"]["attack"][
+      "num_steps"] == 1
