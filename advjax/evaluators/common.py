@@ -175,8 +175,8 @@ def as_json(value: Any) -> Any:
     return {str(k): as_json(v) for k, v in value.items()}
   if isinstance(value, (list, tuple)):
     return [as_json(v) for v in value]
-  if isinstance(value, np.generic):
-    return value.item()
+  if isinstance(value, (np.generic, np.ndarray)):
+    return value.tolist()
   return value
 
 
