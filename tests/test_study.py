@@ -306,3 +306,24 @@ def test_study_command_line_attack_and_unrestricted_flags(first_run,
   (latent,) = parts["unrestricted"]
   assert latent["result"]["num_samples"] == 4
   assert latent["result"]["num_steps"] == 1
+
+
+def test_a_registered_evaluator_is_a_column_of_the_study(first_run, tmp_path):
+  import dataclasses
+  from advjax import evaluators
+
+  @dataclasses.dataclass(frozen=True)
+  class StepSettings:
+    offset: int = 0
+
+  evaluators.register("step_of", StepSettings)(
+      lambda s, inputs: {"step": inputs.classifier.step + s.offset})
+  try:
+    study = first_run[0]
+    (row,) = _small(study, first_run, tmp_path, [],
+                    evaluators_named={"step_of": {"offset": 1}})
+  finally:
+    del evaluators.EVALUATORS["step_of"]
+  assert row["step_of/step"] == 3
+  assert "| step_of/step |" in (tmp_path / "study.md").read_text()
+  assert _csv(tmp_path / "study.csv")[0]["step_of/step"] == "3"

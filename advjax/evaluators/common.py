@@ -90,7 +90,11 @@ class Evaluator:
     missing = [r for r in self.needs if getattr(inputs, r) is None]
     if missing:
       raise UserError(f"evaluator '{self.name}' needs a {missing[0]} run")
-    return self.run(settings, inputs)
+    result = self.run(settings, inputs)
+    # What produced it, unless the evaluator said more (resolved settings).
+    result.setdefault("provenance", provenance(
+        settings, **{role: getattr(inputs, role) for role in self.needs}))
+    return result
 
 
 # name -> entry, in registration order (the order of a report's sections).

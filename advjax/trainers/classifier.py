@@ -34,9 +34,10 @@ import ml_collections
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from advjax import (adversarial_training, example_rng, inference,
-                    input_pipeline, loop, losses, models, optimizers,
-                    parallel)
+from advjax import (adversarial_training, checkpoints, evaluators, example_rng,
+                    inference, input_pipeline, loop, losses, models,
+                    optimizers, parallel)
+from advjax.evaluators import gan_samples
 from advjax import settings as settings_lib
 from advjax.errors import UserError
 from advjax.parallel import AXIS
@@ -239,22 +240,39 @@ def gan_eval_samples(gan_workdir: str, num_classes: int,
   classifier does on generated images while it trains (the study's finding:
   it learns them early)."""
   gan = inference.restore(gan_workdir, kind="gan")
-  if gan.num_classes != num_classes:
-    raise UserError(f"eval.gan_workdir {gan_workdir} is a GAN with "
-                    f"{gan.num_classes} classes (0 = unconditional); the "
-                    f"classifier has {num_classes}")
-  labels = (np.arange(num_samples) % num_classes).astype(np.int32)
-  images = []
-  for i in range(0, num_samples, 500):
-    images.append(np.asarray(gan.sample(labels[i:i + 500],
-                                        n=len(labels[i:i + 500]),
-                                        seed=seed + i)))
-  images = np.concatenate(images)
-  if images.shape[1:] != tuple(image_shape):
-    raise UserError(f"eval.gan_workdir {gan_workdir} makes images of shape "
-                    f"{images.shape[1:]}, the classifier reads "
-                    f"{tuple(image_shape)}")
-  return images, labels
+  gan_samples.check_fits(gan, num_classes, image_shape, "eval.gan_workdir")
+  return gan_samples.balanced_samples(gan, num_samples, seed=seed)
+
+
+def read_evaluators(config: ml_collections.ConfigDict
+                    ) -> list[tuple[evaluators.Evaluator, Any]]:
+  """(entry, settings) of each evaluator `config.eval.evaluators` names
+  ({name: {field: value}}), run at every evaluation: their numbers are
+  logged as `eval/<name>/<key>`."""
+  block = config.eval.evaluators if ("eval" in config and "evaluators"
+                                     in config.eval) else {}
+  return [(evaluators.get(name), evaluators.get(name).read(fields))
+          for name, fields in settings_lib.plain(block).items()]
+
+
+def _handle(config: ml_collections.ConfigDict, state: TrainState, step: int,
+            workdir: str) -> inference.Classifier:
+  """The state being trained as the handle evaluators read."""
+  host = jax.device_get({"params": state.params,
+                         "batch_stats": state.batch_stats})
+  return inference.Classifier(checkpoints.Checkpoint(
+      config=config, state=host, meta={"trainer": TRAINER}, step=int(step),
+      workdir=workdir))
+
+
+def run_evaluators(chosen, inputs: evaluators.Inputs) -> dict[str, float]:
+  """The numbers of each evaluator's result, as `eval/<name>/<key>`."""
+  metrics = {}
+  for entry, s in chosen:
+    for key, value in entry(s, inputs).items():
+      if isinstance(value, (int, float)) and not isinstance(value, bool):
+        metrics[f"eval/{entry.name}/{key}"] = float(value)
+  return metrics
 
 
 def array_eval_batches(images: np.ndarray, labels: np.ndarray,
@@ -349,14 +367,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         int(config.eval.get("gan_samples", 1000)), seed=config.seed)
     gan_batches = array_eval_batches(images, labels, eval_batch_size)
 
+  chosen = read_evaluators(config)
+  gan = inference.restore(gan_dir, kind="gan") if gan_dir and chosen else None
+
   def evaluate_all(state, step, writer):
-    del step, writer  # scalars only: the loop writes them
+    del writer  # scalars only: the loop writes them
     test = evaluate(p_eval_step, state, input_pipeline.eval_batches(
         eval_source, global_batch_size=eval_batch_size), mesh)
     metrics = {f"eval/{k}": v for k, v in test.items()}
     if gan_batches is not None:
       metrics["eval/gan_sample_accuracy"] = evaluate(
           p_eval_step, state, gan_batches, mesh)["accuracy"]
+    if chosen:
+      metrics.update(run_evaluators(chosen, evaluators.Inputs(
+          classifier=_handle(config, state, step, workdir), gan=gan)))
     return metrics
 
   task = loop.Task(
