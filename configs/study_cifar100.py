@@ -1,6 +1,7 @@
 """The study "Adversarial training with Unrestricted Adversarial Examples" on
 CIFAR-100: DenseNet-BC-100 (k=12, configs/densenet_cifar100.py) trained with
-one kind of adversarial training, chosen after the colon:
+one kind of adversarial training, chosen after the colon (with a seed:
+`:fgsm,seed=1`):
 
   python -m advjax.main --config=configs/study_cifar100.py:fgsm \
       --workdir=/tmp/advjax/study_cifar100_fgsm
@@ -23,7 +24,7 @@ from advjax import config_utils
 common = config_utils.sibling("common")
 
 
-def get_config(mode: str = "none") -> ml_collections.ConfigDict:
+def get_config(arg: str = "none") -> ml_collections.ConfigDict:
   return common.study_classifier(
-      "densenet_cifar100", mode,
+      "densenet_cifar100", arg,
       gan_workdir="/tmp/advjax/acgan_cifar100")  # placeholder path

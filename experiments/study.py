@@ -2,38 +2,44 @@
 examples, AC-GAN samples or unrestricted adversarial examples change its
 accuracy and robustness, compared with plain training?
 
-  python experiments/study.py --workdir=/tmp/advjax/study
+  python experiments/study.py --workdir=/tmp/advjax/study [--preset=small]
 
 1. trains the AC-GAN of `--gan_config` (or uses `--gan_workdir`);
-2. trains one classifier per mode of `--classifier_config` ('path.py' whose
-   `get_config(mode)` gives each mode's config, with
-   `adversarial_training.gan_workdir` pointing at the GAN) and, during
-   training, logs its accuracy on a fixed set of AC-GAN samples
-   (`eval/gan_sample_accuracy`); the modes are 'none' and every adversary of
-   `advjax.adversaries` that trains;
-3. evaluates each classifier: clean test accuracy, accuracy under each
-   attack of `--attacks` at `--eps` (settings `--attack.<name>.<field>`),
-   accuracy on clean AC-GAN samples and on unrestricted adversarial
-   examples made against that very classifier (`advjax.evaluate`);
+2. trains one classifier per mode and seed of the config family `--config`
+   (a file whose `get_config('<mode>,seed=<s>')` gives each run, with
+   `adversarial_training.gan_workdir` pointing at the GAN for the modes
+   that sample it) and, during training, logs its accuracy on a fixed set of
+   AC-GAN samples (`eval/gan_sample_accuracy`); the modes are 'none' and
+   every adversary of `advjax.adversaries` that trains; each run is one
+   `advjax.trainers.run`, so an interrupted run resumes and a changed config
+   meets the loop's config check (as `advjax.main`; `--allow_config_change`);
+3. evaluates each classifier with the evaluators of `advjax.evaluators`:
+   clean test accuracy, accuracy under each attack of `--attacks` at
+   `--eps` (settings `--attack.<name>.<field>`), accuracy on clean AC-GAN
+   samples and on unrestricted adversarial examples made against that very
+   classifier (`--attack.unrestricted.<field>`, `--unrestricted.<field>`),
+   and any evaluator named in `--evaluators` (a column per number);
 4. writes `<workdir>/study.md` and `study.csv` (the comparison table),
    `accuracy_curves.png` (test accuracy and accuracy on generated samples over
    training, every mode) and `unrestricted_<mode>.png` (clean samples above,
    adversarial below).
 
 With `--seeds=N` every mode is trained and evaluated N times on the same GAN
-(seeds 0 .. N-1 added to the config's seed and the attacks' seeds); study.md
-shows mean ± standard deviation, study.csv one row per mode and seed.
+(seed s is the config argument's `seed=s`, added to the config's seed, and
+added to the attacks' seeds); study.md shows mean ± standard deviation,
+study.csv one row per mode and seed.
 
 Layout: `<workdir>/acgan` (the GAN run), `<workdir>/classifiers/<mode>` (one
-classifier run per mode, with `study_eval.json`; `<mode>.seed<s>` for the
-seeds after the first), the table and figures at the
-top. Each finished part leaves a `study_done.json` and is not redone when the
-command is rerun; an interrupted training run resumes from its checkpoint.
-Any config field can be changed for every classifier with
-`--classifier_override=key=value` (repeatable) and for the GAN with
-`--gan_override=key=value`; the latent attack with
-`--attack.unrestricted.<field>` and its sample count with
-`--unrestricted.num_samples`.
+classifier run per mode; `<mode>.seed<s>` for the seeds after the first),
+the table and figures at the top. Each run's `study_eval.json` holds its
+training record (config and final step) and its results, each under the key
+that produced it: the resolved settings, the step and digest of the
+checkpoints read (the GAN's too, for the GAN-based columns) and the advjax
+version. A result is reused only when its key matches, so rerunning with
+another eps, attack list, GAN or preset computes what those settings need
+(a new attack: only that attack) and the table's caption is written from the
+settings stored with its numbers. `--config.<field>=value` sets a field of
+every classifier config and `--gan_config.<field>=value` of the GAN's.
 """
 
 from __future__ import annotations
@@ -123,6 +129,22 @@ def apply_overrides(config: ml_collections.ConfigDict,
     if isinstance(old, float) and isinstance(new, int):
       new = float(new)
     node[leaf] = new
+
+
+def set_fields(config: ml_collections.ConfigDict,
+               fields: Mapping[str, Any] | None) -> None:
+  """Sets {'a.b': value} fields (typed already, as the command line's
+  `--config.a.b` overrides are), each of which must exist."""
+  for path, value in (fields or {}).items():
+    *parents, leaf = path.split(".")
+    node = config
+    for p in parents:
+      if p not in node:
+        raise UserError(f"--config.{path}: the config has no '{p}'")
+      node = node[p]
+    if leaf not in node:
+      raise UserError(f"--config.{path}: the config has no '{path}'")
+    node[leaf] = value
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, what: str,
@@ -425,6 +447,8 @@ def run_study(workdir: str, *, gan_config: str, classifier_config: str,
               num_examples: int = 10000,
               unrestricted: Mapping[str, Any] | None = None,
               seeds: int = 1, evaluators_named: Mapping[str, Any] | None = None,
+              classifier_fields: Mapping[str, Any] | None = None,
+              gan_fields: Mapping[str, Any] | None = None,
               allow_config_change: bool = False,
               command: str = "", log: Callable[[str], None] = print
               ) -> list[dict[str, Any]]:
@@ -443,7 +467,10 @@ def run_study(workdir: str, *, gan_config: str, classifier_config: str,
   evaluation settings ('unrestricted': the latent attack of the table);
   `unrestricted` holds the latent report's sample count, batch and seed;
   `evaluators_named` maps more evaluators (`advjax.evaluators`) to their
-  settings, a column per number they return.
+  settings, a column per number they return. `classifier_fields` and
+  `gan_fields` ({'a.b': value}, what `--config.a.b=value` and
+  `--gan_config.a.b=value` give) are set on every classifier's config and
+  on the GAN's, after the preset's `*_overrides` ('a.b=value' strings).
   """
   from advjax.metric_writers import save_png  # pylint: disable=g-import-not-at-top
   if not isinstance(seeds, int) or seeds < 1:
@@ -464,6 +491,7 @@ def run_study(workdir: str, *, gan_config: str, classifier_config: str,
   for n, block in attack_settings.items():
     adversaries.get(n).evaluation_settings(block, f"attack.{n}")
   options = loop.RunOptions(allow_config_change=allow_config_change)
+  family = config_utils.split_arg(classifier_config)[0]
   fileio.makedirs(workdir)
   if gan_workdir:
     if not checkpoints.available_steps(gan_workdir):
@@ -474,6 +502,7 @@ def run_study(workdir: str, *, gan_config: str, classifier_config: str,
     gan_dir = fileio.join(workdir, "acgan")
     gan_cfg = config_utils.load(gan_config)
     apply_overrides(gan_cfg, gan_overrides)
+    set_fields(gan_cfg, gan_fields)
     _train(gan_cfg, gan_dir, "GAN", log, options)
 
   rows, curves = [], {}
@@ -482,7 +511,8 @@ def run_study(workdir: str, *, gan_config: str, classifier_config: str,
       name = mode if seed == 0 else f"{mode}.seed{seed}"
       what = f"classifier '{mode}'" + (f" (seed {seed})" if seeds > 1 else "")
       mode_dir = fileio.join(workdir, "classifiers", name)
-      config = config_utils.load(f"{classifier_config}:{mode}")
+      # The family's member: mode and seed are the config's argument.
+      config = config_utils.load(f"{family}:{mode},seed={seed}")
       # Only modes that sample the GAN depend on it for training; the
       # others read it only to evaluate.
       uses_gan = mode != "none" and adversaries.get(mode).uses_gan
@@ -491,7 +521,7 @@ def run_study(workdir: str, *, gan_config: str, classifier_config: str,
         config.eval = ml_collections.ConfigDict()
       config.eval.gan_workdir = gan_dir
       apply_overrides(config, classifier_overrides)
-      config.seed = int(config.seed) + seed
+      set_fields(config, classifier_fields)
       done = _train(config, mode_dir, what, log, options)
       log(f"{what}: evaluating")
       results, grid = evaluate_classifier(
@@ -558,22 +588,22 @@ def preset_settings(preset: str, *, num_examples: int | None = None,
 
 def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("workdir", None, "The folder of the whole study.")
-  flags.DEFINE_string("gan_config",
-                      os.path.join(ROOT, "configs", "quickstart_gan.py"),
-                      "AC-GAN config (trained unless --gan_workdir).")
+  config_flags.DEFINE_config_file(
+      "gan_config", os.path.join(ROOT, "configs", "quickstart_gan.py"),
+      "AC-GAN config (trained unless --gan_workdir); --gan_config.<field> "
+      "overrides.")
   flags.DEFINE_string("gan_workdir", None, "An AC-GAN run to use as is.")
-  flags.DEFINE_string("classifier_config",
-                      os.path.join(ROOT, "configs", "study_fashion_mnist.py"),
-                      "Config file whose get_config(mode) gives each mode.")
+  config_flags.DEFINE_config_file(
+      "config", os.path.join(ROOT, "configs", "study_fashion_mnist.py"),
+      "The family of classifier configs: get_config('<mode>,seed=<s>') "
+      "gives each run; --config.<field> overrides set a field of every one.")
   flags.DEFINE_enum("preset", "full", list(PRESETS),
                     "'small': a shorter GAN and classifiers, fewer test "
                     "images and latent steps (about 15 minutes per seed on 2 "
                     "CPU cores).")
   flags.DEFINE_list("modes", study_modes(), "Modes to train and compare.")
-  flags.DEFINE_multi_string("classifier_override", [],
-                            "key=value for every classifier config.")
-  flags.DEFINE_multi_string("gan_override", [], "key=value for the GAN.")
   flags.DEFINE_float("eps", 0.2, "L-inf budget of the attacks, [-1, 1] "
                      "units.")
   flags.DEFINE_list("attacks", list(DEFAULT_ATTACKS),
@@ -620,10 +650,14 @@ def _main(argv):
       f.preset, num_examples=(f.num_examples if f["num_examples"].present
                               else None),
       attack_settings=_given(f, "attack"),
-      unrestricted=_given(f, "unrestricted"), gan_overrides=f.gan_override,
-      classifier_overrides=f.classifier_override)
-  run_study(f.workdir, gan_config=f.gan_config,
-            classifier_config=f.classifier_config, modes=f.modes,
+      unrestricted=_given(f, "unrestricted"))
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  run_study(f.workdir,
+            gan_config=config_flags.get_config_filename(f["gan_config"]),
+            classifier_config=config_flags.get_config_filename(f["config"]),
+            classifier_fields=config_flags.get_override_values(f["config"]),
+            gan_fields=config_flags.get_override_values(f["gan_config"]),
+            modes=f.modes,
             gan_workdir=f.gan_workdir, eps=f.eps, attack_names=f.attacks,
             seeds=f.seeds, evaluators_named={n: {} for n in f.evaluators},
             allow_config_change=f.allow_config_change, command=command,
@@ -632,4 +666,4 @@ def _main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  cli.run(_main, config_flag=None)
+  cli.run(_main, config_flag="config")

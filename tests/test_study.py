@@ -278,6 +278,7 @@ def test_another_gan_recomputes_only_the_gan_based_columns(first_run,
 
 def test_study_command_line_attack_and_unrestricted_flags(first_run,
                                                           tmp_path):
+  study = first_run[0]
   import subprocess
   import sys
   from tests.helpers import python_path
@@ -292,12 +293,16 @@ def test_study_command_line_attack_and_unrestricted_flags(first_run,
        "--attacks=fgsm,pgd", "--eps=0.1", "--num_examples=20",
        "--attack.pgd.num_steps=2", "--attack.unrestricted.num_steps=1",
        "--unrestricted.num_samples=4",
-       *[f"--classifier_override={o}" for o in CLASSIFIER_OVERRIDES]],
+       *[f"--config.{o}" for o in CLASSIFIER_OVERRIDES]],
       capture_output=True, text=True, timeout=600, cwd=ROOT,
       env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=python_path()))
   assert out.returncode == 0, out.stderr[-3000:]
   table = (tmp_path / "study.md").read_text()
   assert "PGD: num_steps 2," in table and "(1 latent steps)" in table
+  # --config.* reached the classifier's config (and so the loop's check).
+  with tfds.testing.mock_data(num_examples=32):
+    saved = study.inference.restore(str(tmp_path / "classifiers" / "none"))
+  assert saved.config.model.hidden == 8 and saved.config.num_train_steps == 2
   with open(tmp_path / "classifiers" / "none" / "study_eval.json") as f:
     parts = json.load(f)["parts"]
   (pgd,) = parts["attack/pgd"]
