@@ -107,21 +107,29 @@ def _parse_value(text: str) -> Any:
     return text
 
 
+def _field(config: ml_collections.ConfigDict, key: str, what: str):
+  """(the block holding field `key` ('a.b.c'), its last name); a missing
+  field is a UserError starting with `what`."""
+  *parents, leaf = key.split(".")
+  node = config
+  for p in parents:
+    if p not in node:
+      raise UserError(f"{what}: the config has no '{p}'")
+    node = node[p]
+  if leaf not in node:
+    raise UserError(f"{what}: the config has no '{key}'")
+  return node, leaf
+
+
 def apply_overrides(config: ml_collections.ConfigDict,
                     overrides: Sequence[str]) -> None:
-  """Applies 'a.b=value' strings (value parsed as JSON, else a string)."""
+  """Applies 'a.b=value' strings (value parsed as JSON, else a string): the
+  presets' changes."""
   for item in overrides:
     key, sep, value = item.partition("=")
     if not sep:
       raise UserError(f"override '{item}' is not of the form key=value")
-    *parents, leaf = key.split(".")
-    node = config
-    for p in parents:
-      if p not in node:
-        raise UserError(f"override '{item}': the config has no '{p}'")
-      node = node[p]
-    if leaf not in node:
-      raise UserError(f"override '{item}': the config has no '{key}'")
+    node, leaf = _field(config, key, f"override '{item}'")
     old = node[leaf]
     new = _parse_value(value)
     if isinstance(old, tuple) and isinstance(new, list):
@@ -136,14 +144,7 @@ def set_fields(config: ml_collections.ConfigDict,
   """Sets {'a.b': value} fields (typed already, as the command line's
   `--config.a.b` overrides are), each of which must exist."""
   for path, value in (fields or {}).items():
-    *parents, leaf = path.split(".")
-    node = config
-    for p in parents:
-      if p not in node:
-        raise UserError(f"--config.{path}: the config has no '{p}'")
-      node = node[p]
-    if leaf not in node:
-      raise UserError(f"--config.{path}: the config has no '{path}'")
+    node, leaf = _field(config, path, f"--config.{path}")
     node[leaf] = value
 
 
