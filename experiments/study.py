@@ -70,6 +70,7 @@ from advjax.metric_writers import read_metrics  # pylint: disable=wrong-import-p
 
 RESULTS = "study_eval.json"  # per run: its training record and keyed results
 DEFAULT_ATTACKS = ("fgsm", "pgd", "autoattack")
+FULL_NUM_EXAMPLES = 10000  # the whole Fashion-MNIST test split
 
 
 def study_modes() -> list[str]:
@@ -254,9 +255,9 @@ def evaluate_classifier(classifier_dir: str, gan_dir: str, *, eps: float,
           "signals": row.get("signals", {}).get(n, {}),
           "broken_by": row.get("broken_by", {}).get(n, {}),
           "settings": full["attack"][n]})
+  report = {**unrestricted_lib.report_fields().to_dict(), **unrestricted}
   latent_s = unrestricted_lib.Settings(
-      **{**unrestricted_lib.report_fields().to_dict(), **dict(unrestricted),
-         "seed": int(unrestricted.get("seed", 0)) + seed},
+      **{**report, "seed": int(report["seed"]) + seed},
       attack=dict(attack_settings.get("unrestricted", {})))
   latent_key = common.provenance(unrestricted_lib.resolved(latent_s),
                                  classifier=classifier, gan=gan)
@@ -445,7 +446,7 @@ def run_study(workdir: str, *, gan_config: str, classifier_config: str,
               classifier_overrides: Sequence[str] = (), eps: float = 0.2,
               attack_names: Sequence[str] = DEFAULT_ATTACKS,
               attack_settings: Mapping[str, Any] | None = None,
-              num_examples: int = 10000,
+              num_examples: int = FULL_NUM_EXAMPLES,
               unrestricted: Mapping[str, Any] | None = None,
               seeds: int = 1, evaluators_named: Mapping[str, Any] | None = None,
               classifier_fields: Mapping[str, Any] | None = None,
@@ -583,7 +584,7 @@ def preset_settings(preset: str, *, num_examples: int | None = None,
       classifier_overrides=(list(p.get("classifier_overrides", []))
                             + list(classifier_overrides)),
       num_examples=(num_examples if num_examples is not None
-                    else p.get("num_examples", 10000)),
+                    else p.get("num_examples", FULL_NUM_EXAMPLES)),
       attack_settings=attacks, unrestricted=report)
 
 
@@ -612,7 +613,8 @@ def _define_flags():
   cli.define_config_dict(
       "attack", evaluate.attack_flags(),
       "Settings of each adversary, --attack.<name>.<field>.")
-  flags.DEFINE_integer("num_examples", 10000, "Test images to evaluate.")
+  flags.DEFINE_integer("num_examples", FULL_NUM_EXAMPLES,
+                       "Test images to evaluate.")
   flags.DEFINE_integer("seeds", 1, "Classifiers per mode (seeds 0 .. N-1); "
                        "the table shows mean +/- std.")
   cli.define_config_dict(

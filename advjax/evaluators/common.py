@@ -223,10 +223,8 @@ def eval_data(restored: inference.Run, num_examples: int,
               ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """(images, labels) batches of the run's test split (or `split`), first
   `num_examples` (all if <= 0), in order."""
-  config = restored.config
-  info = input_pipeline.get_dataset_info(config.dataset.name)
-  source = input_pipeline.get_source(info.name, split or info.eval_split,
-                                     config.dataset.get("data_dir") or None)
+  info = input_pipeline.get_dataset_info(restored.config.dataset.name)
+  source = data_source(restored, split or info.eval_split)
   n = len(source) if num_examples <= 0 else min(num_examples, len(source))
   for batch in input_pipeline.eval_batches(source, global_batch_size=batch_size,
                                            process_index=0, process_count=1):
@@ -236,6 +234,14 @@ def eval_data(restored: inference.Run, num_examples: int,
       return
     yield images[:n], labels[:n]
     n -= len(labels)
+
+
+def data_source(run: inference.Run, split: str) -> Any:
+  """The `split` of the dataset `run` was trained on, read from where it
+  was (`dataset.data_dir`, '' = tfds's default)."""
+  info = input_pipeline.get_dataset_info(run.config.dataset.name)
+  return input_pipeline.get_source(info.name, split,
+                                   run.config.dataset.data_dir or None)
 
 
 def accuracy(predict: Callable, images, labels) -> float:

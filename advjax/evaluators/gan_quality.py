@@ -61,8 +61,7 @@ def gan_metrics(gan: inference.GAN,
   by dataset, split, count and weights file.
   """
   info = input_pipeline.get_dataset_info(gan.config.dataset.name)
-  available = len(input_pipeline.get_source(
-      info.name, info.train_split, gan.config.dataset.get("data_dir") or None))
+  available = len(common.data_source(gan, info.train_split))
   n_real = available if num_real <= 0 else min(num_real, available)
   if num_samples < 2 or n_real < 2:
     raise UserError(f"FID needs at least 2 samples and 2 real images, got "

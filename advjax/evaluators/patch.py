@@ -61,8 +61,7 @@ def patch(classifier: inference.Classifier,
                  if k not in OWN_FIELDS}, "patch")
   config = classifier.config
   info = input_pipeline.get_dataset_info(config.dataset.name)
-  train = input_pipeline.get_source(info.name, info.train_split,
-                                    config.dataset.get("data_dir") or None)
+  train = common.data_source(classifier, info.train_split)
   n_train = min(int(s.num_train_images), len(train))
   raw, _ = input_pipeline._read(train, range(n_train))  # pylint: disable=protected-access
   train_images = input_pipeline.to_float_image(raw)

@@ -156,10 +156,8 @@ def create_models(config: ml_collections.ConfigDict, num_classes: int,
                   image_shape: tuple[int, int, int],
                   axis_name: str | None = AXIS):
   dtype = jnp.dtype(config.get("dtype", "float32"))
-  return (gans.create_generator(config.model, num_classes, image_shape,
-                                axis_name=axis_name, dtype=dtype),
-          gans.create_discriminator(config.model, num_classes, image_shape,
-                                    axis_name=axis_name, dtype=dtype))
+  return gans.create_players(config.model, num_classes, image_shape,
+                             axis_name=axis_name, dtype=dtype)
 
 
 def _split_variables(variables: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
