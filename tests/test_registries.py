@@ -161,3 +161,32 @@ def test_a_registered_evaluator_reaches_the_report_and_the_trainer(
   assert data["count"] == 8 and data["step"] == 2
   assert f"mean pixel {data['mean_pixel']:.4f}" in markdown
   assert data["provenance"]["checkpoints"]["classifier"]["step"] == 2
+
+
+def test_a_registered_evaluator_reaches_the_gan_trainer(tmp_path):
+  @dataclasses.dataclass(frozen=True)
+  class SampleSettings:
+    n: int = 4
+
+  def _sample_range(s, inputs):
+    images = inputs.gan.sample(0, n=s.n)
+    return {"step": inputs.gan.step, "max": float(np.max(images))}
+
+  evaluators.register("sample_range", SampleSettings, needs=("gan",),
+                      mode="gan")(_sample_range)
+  try:
+    gan = load_config("quickstart_gan")
+    gan.model.generator.width = gan.model.discriminator.width = 4
+    gan.model.latent_dim = 8
+    gan.batch_size, gan.num_train_steps, gan.progress_bar = 8, 2, False
+    gan.eval_every_steps = gan.checkpoint.every_steps = 2
+    gan.sample.num_columns = 2
+    gan.eval.evaluators = {"sample_range": {"n": 2}}
+    with tfds.testing.mock_data(num_examples=32):
+      trainers.run(gan, str(tmp_path / "gan"))
+  finally:
+    del evaluators.EVALUATORS["sample_range"]
+  with open(tmp_path / "gan" / "metrics.jsonl") as f:
+    logged = [json.loads(line) for line in f if "sample_range" in line]
+  assert [r["eval/sample_range/step"] for r in logged] == [2]
+  assert -1.0 <= logged[0]["eval/sample_range/max"] <= 1.0

@@ -135,6 +135,25 @@ def of_mode(mode: str) -> list[Evaluator]:
   return [e for e in EVALUATORS.values() if e.mode == mode]
 
 
+def from_block(block: Any) -> list[tuple[Evaluator, Any]]:
+  """(entry, settings) of each evaluator a config block names ({name:
+  {field: value}}, e.g. a trainer's `config.eval.evaluators`), checked."""
+  return [(get(name), get(name).read(fields))
+          for name, fields in settings_lib.plain(block).items()]
+
+
+def numbers(chosen: Sequence[tuple[Evaluator, Any]], inputs: Inputs,
+            prefix: str = "eval/") -> dict[str, float]:
+  """Runs each (entry, settings); the numbers of its result as
+  `<prefix><name>/<key>` (what a trainer logs)."""
+  metrics = {}
+  for entry, s in chosen:
+    for key, value in entry(s, inputs).items():
+      if isinstance(value, (int, float)) and not isinstance(value, bool):
+        metrics[f"{prefix}{entry.name}/{key}"] = float(value)
+  return metrics
+
+
 # ---------------------------------------------------------------------------
 # What produced a result.
 

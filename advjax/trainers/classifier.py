@@ -249,10 +249,9 @@ def read_evaluators(config: ml_collections.ConfigDict
   """(entry, settings) of each evaluator `config.eval.evaluators` names
   ({name: {field: value}}), run at every evaluation: their numbers are
   logged as `eval/<name>/<key>`."""
-  block = config.eval.evaluators if ("eval" in config and "evaluators"
-                                     in config.eval) else {}
-  return [(evaluators.get(name), evaluators.get(name).read(fields))
-          for name, fields in settings_lib.plain(block).items()]
+  return evaluators.common.from_block(
+      config.eval.evaluators if ("eval" in config
+                                 and "evaluators" in config.eval) else {})
 
 
 def _handle(config: ml_collections.ConfigDict, state: TrainState, step: int,
@@ -263,16 +262,6 @@ def _handle(config: ml_collections.ConfigDict, state: TrainState, step: int,
   return inference.Classifier(checkpoints.Checkpoint(
       config=config, state=host, meta={"trainer": TRAINER}, step=int(step),
       workdir=workdir))
-
-
-def run_evaluators(chosen, inputs: evaluators.Inputs) -> dict[str, float]:
-  """The numbers of each evaluator's result, as `eval/<name>/<key>`."""
-  metrics = {}
-  for entry, s in chosen:
-    for key, value in entry(s, inputs).items():
-      if isinstance(value, (int, float)) and not isinstance(value, bool):
-        metrics[f"eval/{entry.name}/{key}"] = float(value)
-  return metrics
 
 
 def array_eval_batches(images: np.ndarray, labels: np.ndarray,
@@ -379,7 +368,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       metrics["eval/gan_sample_accuracy"] = evaluate(
           p_eval_step, state, gan_batches, mesh)["accuracy"]
     if chosen:
-      metrics.update(run_evaluators(chosen, evaluators.Inputs(
+      metrics.update(evaluators.common.numbers(chosen, evaluators.Inputs(
           classifier=_handle(config, state, step, workdir), gan=gan)))
     return metrics
 

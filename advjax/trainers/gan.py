@@ -47,8 +47,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from advjax import (example_rng, inference, input_pipeline, loop, losses,
-                    optimizers, parallel)
+from advjax import (checkpoints, evaluators, example_rng, inference,
+                    input_pipeline, loop, losses, optimizers, parallel)
 from advjax import settings as settings_lib
 from advjax.errors import UserError
 from advjax.metric_writers import MetricWriter, image_grid
@@ -522,6 +522,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       create_models(config, num_classes, info.image_shape, axis_name=None)[0])
   judge = config.eval.get("classifier_workdir")
   classifier = inference.restore(judge, kind="classifier") if judge else None
+  # More evaluators, by name (`config.eval.evaluators`), of the GAN as it
+  # is at each evaluation: logged as eval/<name>/<key>.
+  chosen = evaluators.common.from_block(
+      config.eval.evaluators if "evaluators" in config.eval else {})
 
   def evaluate(state: GANState, step: int,
                writer: MetricWriter) -> dict[str, float]:
@@ -537,6 +541,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
               generate, host["g_params"], host["g_state"], classifier,
               num_classes, int(config.eval.get("samples_per_class", 100)),
               int(config.seed), int(config.model.latent_dim)))
+    if chosen:
+      gan = inference.GAN(checkpoints.Checkpoint(
+          config=config, state=jax.device_get(
+              {"g_params": state.g_params, "g_state": state.g_state,
+               "g_ema": state.g_ema, "d_params": state.d_params,
+               "d_state": state.d_state}),
+          meta={"trainer": TRAINER}, step=int(step), workdir=workdir))
+      metrics.update(evaluators.common.numbers(
+          chosen, evaluators.Inputs(gan=gan, classifier=classifier)))
     return metrics
 
   def summary(metrics: dict[str, float]) -> str:
