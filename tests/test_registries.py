@@ -57,6 +57,16 @@ def _tiny_classifier(config):
   return config
 
 
+def _tiny_gan():
+  gan = load_config("quickstart_gan")
+  gan.model.generator.width = gan.model.discriminator.width = 4
+  gan.model.latent_dim = 8
+  gan.batch_size, gan.num_train_steps, gan.progress_bar = 8, 2, False
+  gan.eval_every_steps = gan.checkpoint.every_steps = 2
+  gan.sample.num_columns = 2
+  return gan
+
+
 def test_a_registered_attack_trains_and_is_reported(toy_entries, tmp_path):
   assert "sign_noise" in adversaries.training_modes()
   config = _tiny_classifier(load_config("study_fashion_mnist:sign_noise"))
@@ -90,12 +100,7 @@ def test_an_unregistered_attack_is_a_one_line_error(tmp_path):
 
 def test_a_registered_gan_loss_trains_both_gan_trainers(toy_entries,
                                                         tmp_path):
-  gan = load_config("quickstart_gan")
-  gan.model.generator.width = gan.model.discriminator.width = 4
-  gan.model.latent_dim = 8
-  gan.batch_size, gan.num_train_steps, gan.progress_bar = 8, 2, False
-  gan.eval_every_steps = gan.checkpoint.every_steps = 2
-  gan.sample.num_columns = 2
+  gan = _tiny_gan()
   gan.gan.loss = "toy_softplus"
   cyc = load_config("cyclegan_fashion_mnist")
   cyc.model.generator.width = cyc.model.discriminator.width = 4
@@ -175,12 +180,7 @@ def test_a_registered_evaluator_reaches_the_gan_trainer(tmp_path):
   evaluators.register("sample_range", SampleSettings, needs=("gan",),
                       mode="gan")(_sample_range)
   try:
-    gan = load_config("quickstart_gan")
-    gan.model.generator.width = gan.model.discriminator.width = 4
-    gan.model.latent_dim = 8
-    gan.batch_size, gan.num_train_steps, gan.progress_bar = 8, 2, False
-    gan.eval_every_steps = gan.checkpoint.every_steps = 2
-    gan.sample.num_columns = 2
+    gan = _tiny_gan()
     gan.eval.evaluators = {"sample_range": {"n": 2}}
     with tfds.testing.mock_data(num_examples=32):
       trainers.run(gan, str(tmp_path / "gan"))
