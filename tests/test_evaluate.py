@@ -400,3 +400,29 @@ def test_every_report_section_records_what_produced_it(runs, tmp_path):
       "target": "true_label", "random_eps": False}
   assert data["unrestricted"]["provenance"]["settings"]["attack"][
       "num_steps"] == 1
+
+
+def test_the_command_line_has_a_flag_for_every_evaluator_setting():
+  # Each evaluator's defaults are its settings dataclass's: the flags are
+  # built from them (an evaluator without flags of its own gets
+  # --<name>.<field>).
+  import subprocess, sys
+  from tests.helpers import ROOT, python_path
+  script = ("from absl import flags\n"
+            "from advjax import evaluate\n"
+            "evaluate._define_flags()\n"
+            "f = flags.FLAGS\n"
+            "f(['x'])\n"
+            "print(','.join(f.eps), f.num_examples, f.num_samples, "
+            "len(f.evaluators), f.gan_samples.num_samples, "
+            "f.unrestricted.num_samples, f.patch.size)\n")
+  out = subprocess.run([sys.executable, "-c", script], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=python_path()))
+  assert out.returncode == 0, out.stderr[-2000:]
+  from advjax.evaluators import gan_quality, gan_samples, robustness
+  r, q = robustness.Settings(), gan_quality.Settings()
+  assert out.stdout.split() == [
+      ",".join(f"{e:g}" for e in r.eps), str(r.num_examples),
+      str(q.num_samples), "0", str(gan_samples.Settings().num_samples),
+      "256", "0"]
