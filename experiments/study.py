@@ -149,17 +149,32 @@ def set_fields(config: ml_collections.ConfigDict,
     node[leaf] = value
 
 
+def _newest(workdir: str) -> dict[str, Any]:
+  """{'step', 'digest'} of a run's newest checkpoint."""
+  step = checkpoints.available_steps(workdir)[-1]
+  return {"step": step, "digest": common.checkpoint_digest(workdir, step)}
+
+
 def _train(config: ml_collections.ConfigDict, workdir: str, what: str,
-           log: Callable[[str], None],
-           options: loop.RunOptions) -> dict[str, Any]:
+           log: Callable[[str], None], options: loop.RunOptions,
+           gan_dir: str | None = None) -> dict[str, Any]:
   """Trains (or resumes) the run through `trainers.run`, so the loop's
   config check decides what a changed config means; returns its training
-  record {'config', 'step', 'train_seconds'}. A run whose newest checkpoint
-  is the one recorded with this very config is not touched."""
+  record {'config', 'step', 'train_seconds', 'gan'}. A run whose newest
+  checkpoint is the one recorded with this very config is not touched. A run
+  trained on the GAN in `gan_dir` (its modes sample it) refuses, in one
+  line, a GAN there that is not the one it was trained on."""
   cell = _read_json(fileio.join(workdir, RESULTS)) or {}
   stored = cell.get("train")
   saved = checkpoints.config_to_json(config)
   steps = checkpoints.available_steps(workdir)
+  gan = _newest(gan_dir) if gan_dir else None
+  if (stored and steps and gan and stored.get("gan")
+      and not common.same_key(stored["gan"], gan)):
+    raise UserError(
+        f"{what} in {workdir} was trained on another GAN in {gan_dir} (step "
+        f"{stored['gan']['step']}, now {gan['step']} with another digest); "
+        f"pass another --workdir to train it on this one")
   if (stored and steps and steps[-1] == stored["step"]
       and common.same_key(stored["config"], saved)):
     log(f"{what}: already trained in {workdir}")
@@ -171,8 +186,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, what: str,
   if stored and steps and steps[-1] == stored["step"]:
     seconds += float(stored.get("train_seconds", 0.0))  # continued
   record = {"config": saved, "step": checkpoints.available_steps(workdir)[-1],
-            "train_seconds": seconds}
-  _write_json(fileio.join(workdir, RESULTS), {**cell, "train": record})
+            "train_seconds": seconds, "gan": gan}
+  _write_json(fileio.join(workdir, RESULTS),
+              {"train": record, "parts": cell.get("parts", {})})
   return record
 
 
@@ -284,7 +300,8 @@ def evaluate_classifier(classifier_dir: str, gan_dir: str, *, eps: float,
       computed.append(name)
   if not computed:
     log("  every result reused")
-  _write_json(path, {**cell, "parts": parts})
+  # Only what this format knows (a file from an older advjax keeps nothing).
+  _write_json(path, {"train": cell.get("train"), "parts": parts})
   clean = _reuse(parts, "clean", clean_key)
   latent = _reuse(parts, "unrestricted", latent_key)
   attacks = {n: _reuse(parts, f"attack/{n}", attack_key[n])
@@ -524,7 +541,8 @@ def run_study(workdir: str, *, gan_config: str, classifier_config: str,
       config.eval.gan_workdir = gan_dir
       apply_overrides(config, classifier_overrides)
       set_fields(config, classifier_fields)
-      done = _train(config, mode_dir, what, log, options)
+      done = _train(config, mode_dir, what, log, options,
+                    gan_dir=gan_dir if uses_gan else None)
       log(f"{what}: evaluating")
       results, grid = evaluate_classifier(
           mode_dir, gan_dir, eps=eps, attack_names=attack_names,

@@ -332,3 +332,22 @@ def test_a_registered_evaluator_is_a_column_of_the_study(first_run, tmp_path):
   assert row["step_of/step"] == 3
   assert "| step_of/step |" in (tmp_path / "study.md").read_text()
   assert _csv(tmp_path / "study.csv")[0]["step_of/step"] == "3"
+
+
+def test_a_gan_mode_classifier_refuses_a_changed_gan_at_the_same_path(
+    first_run, tmp_path):
+  study = first_run[0]
+  gan = study.config_utils.load(os.path.join(ROOT, "configs",
+                                             "quickstart_gan.py"))
+  study.apply_overrides(gan, GAN_OVERRIDES)
+  gan_dir = str(tmp_path / "gan")
+  with tfds.testing.mock_data(num_examples=32):
+    study.trainers.run(gan, gan_dir)
+  _small(study, first_run, tmp_path / "study", [], modes=("gan",),
+         attack_names=("fgsm",), gan_workdir=gan_dir)
+  gan.num_train_steps = 4  # the same run, trained further: another GAN
+  with tfds.testing.mock_data(num_examples=32):
+    study.trainers.run(gan, gan_dir)
+  with pytest.raises(UserError, match="was trained on another GAN"):
+    _small(study, first_run, tmp_path / "study", [], modes=("gan",),
+           attack_names=("fgsm",), gan_workdir=gan_dir)
