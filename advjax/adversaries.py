@@ -117,6 +117,10 @@ class Adversary:
     check_overfitting: training logs PGD accuracy on held-out images at
       each evaluation and warns when it collapses (fast AT's catastrophic
       overfitting, Wong et al. 2020).
+    reported: a robustness report runs it unless `--attacks` says otherwise
+      (False for the training recipes whose examples are PGD's or FGSM's
+      under another loss: TRADES, MART, FGSM-RS; `--attacks=trades` runs
+      them).
   """
   name: str
   craft: Callable[..., Crafted]
@@ -129,6 +133,7 @@ class Adversary:
   label: str = ""
   loss: Callable[..., jax.Array] | None = None
   check_overfitting: bool = False
+  reported: bool = True
 
   def read(self, block: Any, where: str, **overrides: Any) -> Any:
     """The entry's settings from a config block (checked once)."""
@@ -159,7 +164,7 @@ def register(name: str, settings: type, *, uses_gan: bool = False,
              uses_aux_classifier: bool = False, norm_bounded: bool = True, trains: bool = True,
              evaluation: Mapping[str, Any] | None = None,
              label: str = "", loss: Callable[..., jax.Array] | None = None,
-             check_overfitting: bool = False
+             check_overfitting: bool = False, reported: bool = True
              ) -> Callable[[Callable], Callable]:
   """Decorator: adds `craft` to the registry as `name` (with `loss`, the
   training loss of its crafted examples)."""
@@ -179,7 +184,8 @@ def register(name: str, settings: type, *, uses_gan: bool = False,
         uses_gan=uses_gan or uses_aux_classifier,
         uses_aux_classifier=uses_aux_classifier, norm_bounded=norm_bounded, trains=trains,
         evaluation=dict(evaluation or {}), label=label or name, loss=loss,
-        check_overfitting=check_overfitting)
+        check_overfitting=check_overfitting,
+        reported=reported and norm_bounded)
     return craft
   return add
 
@@ -414,7 +420,8 @@ def _trades_loss(s: TRADESSettings, clean_logits, adv_logits, labels,
   return robust_losses.trades_loss(clean_logits, adv_logits, targets, s.beta)
 
 
-@register("trades", TRADESSettings, label="TRADES", loss=_trades_loss)
+@register("trades", TRADESSettings, label="TRADES", loss=_trades_loss,
+          reported=False)
 def _trades(s: TRADESSettings, target: Target, images, labels,
             rng) -> Crafted:
   del labels
@@ -441,7 +448,8 @@ def _mart_loss(s: MARTSettings, clean_logits, adv_logits, labels,
                                  s.beta)
 
 
-@register("mart", MARTSettings, label="MART", loss=_mart_loss)
+@register("mart", MARTSettings, label="MART", loss=_mart_loss,
+          reported=False)
 def _mart(s: MARTSettings, target: Target, images, labels, rng) -> Crafted:
   start = robust_losses.gaussian_start(rng, images, s.init_std)
   return {"image": robust_losses.ce_pgd(
@@ -471,7 +479,7 @@ class FGSMRSSettings:
 
 
 @register("fgsm_rs", FGSMRSSettings, label="FGSM-RS",
-          check_overfitting=True)
+          check_overfitting=True, reported=False)
 def _fgsm_rs(s: FGSMRSSettings, target: Target, images, labels,
              rng) -> Crafted:
   delta = robust_losses.uniform_start(rng, images, s.eps)

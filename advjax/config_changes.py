@@ -98,8 +98,11 @@ def extending_fields() -> dict[str, str]:
 
 
 def is_extending(field: str) -> bool:
-  """Whether a change of `field` only extends or observes the run."""
-  return field in settings.extending_fields()
+  """Whether a change of `field` only extends or observes the run (a field
+  inside an extending one, e.g. `eval.evaluators.<name>.<field>`, too)."""
+  fields = settings.extending_fields()
+  parts = field.split(".")
+  return any(".".join(parts[:i]) in fields for i in range(1, len(parts) + 1))
 
 
 def diff_configs(saved: Any, new: Any) -> list[ConfigChange]:

@@ -159,11 +159,8 @@ class GAN(Run):
   @functools.cached_property
   def _modules(self):
     dtype = jnp.dtype(run_settings.read(self.config).dtype)
-    shape = self.dataset.image_shape
-    return (gans.create_generator(self.config.model, self.num_classes, shape,
-                                  dtype=dtype),
-            gans.create_discriminator(self.config.model, self.num_classes,
-                                      shape, dtype=dtype))
+    return gans.create_players(self.config.model, self.num_classes,
+                               self.dataset.image_shape, dtype=dtype)
 
   @property
   def generator(self):

@@ -362,7 +362,8 @@ def _is_tfds_mock(source) -> bool:
   return isinstance(getattr(source, "data_source", None), mock.Mock)
 
 
-def _read(source, indices: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def read_examples(source, indices: Sequence[int]
+                  ) -> tuple[np.ndarray, np.ndarray]:
   """uint8 images [n,H,W,C] and int32 labels [n] of `source[indices]`."""
   indices = [int(i) for i in indices]
   if hasattr(source, "__getitems__") and not _is_tfds_mock(source):
@@ -513,7 +514,7 @@ class TrainIterator:
     start = index * self._global_batch_size
     lo = start + self._process_index * self._host_batch_size
     indices = self._permutation(epoch)[lo:lo + self._host_batch_size]
-    images, labels = _read(self._source, indices)
+    images, labels = read_examples(self._source, indices)
     if self._crop_flip:
       offsets, flips = crop_flip_offsets(self._seed, step,
                                        self._global_batch_size)
@@ -571,7 +572,7 @@ def _eval_iter(source, global_batch_size: int, host: int, p: int,
   num_batches = -(-n // global_batch_size)
   if num_batches == 0:
     return
-  image_shape = _read(source, [0])[0].shape[1:]
+  image_shape = read_examples(source, [0])[0].shape[1:]
 
   def make(b: int) -> dict[str, np.ndarray]:
     lo = b * global_batch_size + p * host
@@ -580,7 +581,7 @@ def _eval_iter(source, global_batch_size: int, host: int, p: int,
     labels = np.zeros((host,), np.int32)
     mask = np.zeros((host,), np.float32)
     if real:
-      raw, lab = _read(source, range(lo, lo + real))
+      raw, lab = read_examples(source, range(lo, lo + real))
       images[:real] = to_float_image(raw)
       labels[:real] = lab
       mask[:real] = 1.0

@@ -34,7 +34,7 @@ def _resize(images: np.ndarray, size: int) -> np.ndarray:
 def _read_examples(source, indices, size: int = 0
                    ) -> tuple[np.ndarray, np.ndarray]:
   """uint8 images [n, H, W, C] (resized to `size` if set) and labels [n];
-  unlike input_pipeline._read, the images may differ in size."""
+  unlike input_pipeline.read_examples, the images may differ in size."""
   indices = [int(i) for i in indices]
   if (hasattr(source, "__getitems__")
       and not input_pipeline._is_tfds_mock(source)):  # pylint: disable=protected-access

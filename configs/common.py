@@ -109,17 +109,39 @@ def adversarial_training(mode: str = "none",
   return adversarial_training_lib.default_block(mode, **fields)
 
 
-def study_classifier(base: ml_collections.ConfigDict, mode: str, *,
+def study_arg(arg: str) -> tuple[str, int]:
+  """(mode, seed) of a study config's argument: 'pgd', 'pgd,seed=1' or
+  'mode=pgd,seed=1'."""
+  values = {"mode": "none", "seed": "0"}
+  for i, item in enumerate(filter(None, str(arg).split(","))):
+    key, sep, value = item.partition("=")
+    if not sep and i == 0:
+      key, value = "mode", key
+    if key not in values:
+      raise UserError(f"study config argument {arg!r}: '{key}' is not one "
+                      f"of {sorted(values)} (e.g. pgd,seed=1)")
+    values[key] = value.strip()
+  try:
+    return values["mode"], int(values["seed"])
+  except ValueError:
+    raise UserError(f"study config argument {arg!r}: seed must be an "
+                    f"integer") from None
+
+
+def study_classifier(base: ml_collections.ConfigDict, arg: str, *,
                      gan_workdir: str) -> ml_collections.ConfigDict:
   """A classifier of the study (experiments/study.py): the config `base`
-  trained in `mode` ('none' or an adversary that trains), with `eval`: accuracy on
+  trained in a mode ('none' or an adversary that trains) with a seed, both
+  from `arg` (`study_arg`: 'pgd' or 'pgd,seed=1'), with `eval`: accuracy on
   `gan_samples` class-balanced samples of the AC-GAN in `eval.gan_workdir`,
   logged while training (the study sets it)."""
+  mode, seed = study_arg(arg)
   if mode not in adversaries.training_modes():
     raise UserError(f"study mode {mode!r} is not one of "
                     f"{adversaries.training_modes()}; pass it as "
                     f"--config=<this file>:<mode>")
   config = base
+  config.seed = int(config.seed) + seed
   config.adversarial_training = adversarial_training(
       mode, gan_workdir=gan_workdir)
   config.eval = classifier_eval()

@@ -1,6 +1,7 @@
 """The study "Adversarial training with Unrestricted Adversarial Examples" on
 CIFAR-100: DenseNet-BC-100 (k=12, configs/densenet_cifar100.py) trained with
-one kind of adversarial training, chosen after the colon:
+one kind of adversarial training, chosen after the colon (with a seed:
+`:fgsm,seed=1`):
 
   python -m advjax.main --config=configs/study_cifar100.py:fgsm \
       --workdir=/tmp/advjax/study_cifar100_fgsm
@@ -23,9 +24,10 @@ import ml_collections
 from configs import common, densenet_cifar100
 
 
-def get_config(mode: str = "none") -> ml_collections.ConfigDict:
+def get_config(arg: str = "none") -> ml_collections.ConfigDict:
+  mode = common.study_arg(arg)[0]
   config = common.study_classifier(
-      densenet_cifar100.get_config(), mode,
+      densenet_cifar100.get_config(), arg,
       gan_workdir="/tmp/advjax/acgan_cifar100")  # placeholder path
   if mode in ("trades", "mart", "fgsm_rs"):
     config.adversarial_training.prop = 1.0

@@ -5,9 +5,11 @@ per run:
   python -m advjax.main --config=configs/study_fashion_mnist.py:pgd \
       --workdir=/tmp/advjax/study_fm_pgd
 
-Modes: none and every adversary of `advjax.adversaries` that trains (see
-`advjax.adversarial_training`); half of each batch replaced, weight 0.3, as
-in the study. fgsm/pgd: L-inf eps 0.2 in [-1, 1] units (0.1 of the [0, 1]
+The argument is the mode, optionally with a seed (`:pgd,seed=1`, added to
+the config's seed): experiments/study.py trains this family, one run per
+mode and seed. Modes: none and every adversary of `advjax.adversaries` that
+trains (see `advjax.adversarial_training`); half of each batch replaced,
+weight 0.3, as in the study. fgsm/pgd: L-inf eps 0.2 in [-1, 1] units (0.1 of the [0, 1]
 range, the usual Fashion-MNIST budget). gan and unrestricted sample the
 AC-GAN of configs/quickstart_gan.py: train it first with
 --workdir=/tmp/advjax/gan (or set
@@ -35,8 +37,9 @@ import ml_collections
 from configs import common, quickstart
 
 
-def get_config(mode: str = "none") -> ml_collections.ConfigDict:
-  config = common.study_classifier(quickstart.get_config(), mode,
+def get_config(arg: str = "none") -> ml_collections.ConfigDict:
+  mode = common.study_arg(arg)[0]
+  config = common.study_classifier(quickstart.get_config(), arg,
                                    gan_workdir="/tmp/advjax/gan")
   config.num_epochs = 1.0
   config.log_every_steps = 25

@@ -2,38 +2,44 @@
 examples, AC-GAN samples or unrestricted adversarial examples change its
 accuracy and robustness, compared with plain training?
 
-  python experiments/study.py --workdir=/tmp/advjax/study
+  python experiments/study.py --workdir=/tmp/advjax/study [--preset=small]
 
 1. trains the AC-GAN of `--gan_config` (or uses `--gan_workdir`);
-2. trains one classifier per mode of `--classifier_config` ('path.py' whose
-   `get_config(mode)` gives each mode's config, with
-   `adversarial_training.gan_workdir` pointing at the GAN) and, during
-   training, logs its accuracy on a fixed set of AC-GAN samples
-   (`eval/gan_sample_accuracy`); the modes are 'none' and every adversary of
-   `advjax.adversaries` that trains;
-3. evaluates each classifier: clean test accuracy, accuracy under each
-   attack of `--attacks` at `--eps` (settings `--attack.<name>.<field>`),
-   accuracy on clean AC-GAN samples and on unrestricted adversarial
-   examples made against that very classifier (`advjax.evaluate`);
+2. trains one classifier per mode and seed of the config family `--config`
+   (a file whose `get_config('<mode>,seed=<s>')` gives each run, with
+   `adversarial_training.gan_workdir` pointing at the GAN for the modes
+   that sample it) and, during training, logs its accuracy on a fixed set of
+   AC-GAN samples (`eval/gan_sample_accuracy`); the modes are 'none' and
+   every adversary of `advjax.adversaries` that trains; each run is one
+   `advjax.trainers.run`, so an interrupted run resumes and a changed config
+   meets the loop's config check (as `advjax.main`; `--allow_config_change`);
+3. evaluates each classifier with the evaluators of `advjax.evaluators`:
+   clean test accuracy, accuracy under each attack of `--attacks` at
+   `--eps` (settings `--attack.<name>.<field>`), accuracy on clean AC-GAN
+   samples and on unrestricted adversarial examples made against that very
+   classifier (`--attack.unrestricted.<field>`, `--unrestricted.<field>`),
+   and any evaluator named in `--evaluators` (a column per number);
 4. writes `<workdir>/study.md` and `study.csv` (the comparison table),
    `accuracy_curves.png` (test accuracy and accuracy on generated samples over
    training, every mode) and `unrestricted_<mode>.png` (clean samples above,
    adversarial below).
 
 With `--seeds=N` every mode is trained and evaluated N times on the same GAN
-(seeds 0 .. N-1 added to the config's seed and the attacks' seeds); study.md
-shows mean ± standard deviation, study.csv one row per mode and seed.
+(seed s is the config argument's `seed=s`, added to the config's seed, and
+added to the attacks' seeds); study.md shows mean ± standard deviation,
+study.csv one row per mode and seed.
 
 Layout: `<workdir>/acgan` (the GAN run), `<workdir>/classifiers/<mode>` (one
-classifier run per mode, with `study_eval.json`; `<mode>.seed<s>` for the
-seeds after the first), the table and figures at the
-top. Each finished part leaves a `study_done.json` and is not redone when the
-command is rerun; an interrupted training run resumes from its checkpoint.
-Any config field can be changed for every classifier with
-`--classifier_override=key=value` (repeatable) and for the GAN with
-`--gan_override=key=value`; the latent attack with
-`--attack.unrestricted.<field>` and its sample count with
-`--unrestricted.num_samples`.
+classifier run per mode; `<mode>.seed<s>` for the seeds after the first),
+the table and figures at the top. Each run's `study_eval.json` holds its
+training record (config and final step) and its results, each under the key
+that produced it: the resolved settings, the step and digest of the
+checkpoints read (the GAN's too, for the GAN-based columns) and the advjax
+version. A result is reused only when its key matches, so rerunning with
+another eps, attack list, GAN or preset computes what those settings need
+(a new attack: only that attack) and the table's caption is written from the
+settings stored with its numbers. `--config.<field>=value` sets a field of
+every classifier config and `--gan_config.<field>=value` of the GAN's.
 """
 
 from __future__ import annotations
@@ -54,13 +60,17 @@ if ROOT not in sys.path:  # run as a script from a clone without installing
   sys.path.insert(0, ROOT)
 
 from advjax import (adversaries, checkpoints, config_utils, evaluate,  # pylint: disable=wrong-import-position
-                    fileio, inference, trainers)
+                    evaluators, fileio, inference, loop, trainers)
+from advjax.evaluators import common  # pylint: disable=wrong-import-position
+from advjax.evaluators import robustness  # pylint: disable=wrong-import-position
+from advjax.evaluators import unrestricted as unrestricted_lib  # pylint: disable=wrong-import-position
 from advjax import cli  # pylint: disable=wrong-import-position
 from advjax.errors import UserError  # pylint: disable=wrong-import-position
 from advjax.metric_writers import read_metrics  # pylint: disable=wrong-import-position
 
-DONE = "study_done.json"
+RESULTS = "study_eval.json"  # per run: its training record and keyed results
 DEFAULT_ATTACKS = ("fgsm", "pgd", "autoattack")
+FULL_NUM_EXAMPLES = 10000  # the whole Fashion-MNIST test split
 
 
 STUDY_MODES = ("none", "fgsm", "pgd", "gan", "unrestricted")
@@ -81,7 +91,7 @@ def columns(attack_names: Sequence[str]) -> list[tuple[str, str, str | None]]:
   """(key, title, format) of the table: one accuracy column per attack."""
   return ([("mode", "mode", None),
            ("clean_accuracy", "clean test accuracy", "pct")]
-          + [(f"{n}_accuracy", f"{adversaries.get(n).label} accuracy", "pct")
+          + [(f"{n}_accuracy", f"{_label(n)} accuracy", "pct")
              for n in attack_names]
           + [("gan_sample_accuracy", "accuracy on AC-GAN samples", "pct"),
              ("unrestricted_accuracy", "accuracy on unrestricted examples",
@@ -107,21 +117,29 @@ def _parse_value(text: str) -> Any:
     return text
 
 
+def _field(config: ml_collections.ConfigDict, key: str, what: str):
+  """(the block holding field `key` ('a.b.c'), its last name); a missing
+  field is a UserError starting with `what`."""
+  *parents, leaf = key.split(".")
+  node = config
+  for p in parents:
+    if p not in node:
+      raise UserError(f"{what}: the config has no '{p}'")
+    node = node[p]
+  if leaf not in node:
+    raise UserError(f"{what}: the config has no '{key}'")
+  return node, leaf
+
+
 def apply_overrides(config: ml_collections.ConfigDict,
                     overrides: Sequence[str]) -> None:
-  """Applies 'a.b=value' strings (value parsed as JSON, else a string)."""
+  """Applies 'a.b=value' strings (value parsed as JSON, else a string): the
+  presets' changes."""
   for item in overrides:
     key, sep, value = item.partition("=")
     if not sep:
       raise UserError(f"override '{item}' is not of the form key=value")
-    *parents, leaf = key.split(".")
-    node = config
-    for p in parents:
-      if p not in node:
-        raise UserError(f"override '{item}': the config has no '{p}'")
-      node = node[p]
-    if leaf not in node:
-      raise UserError(f"override '{item}': the config has no '{key}'")
+    node, leaf = _field(config, key, f"override '{item}'")
     old = node[leaf]
     new = _parse_value(value)
     if isinstance(old, tuple) and isinstance(new, list):
@@ -131,19 +149,56 @@ def apply_overrides(config: ml_collections.ConfigDict,
     node[leaf] = new
 
 
+def set_fields(config: ml_collections.ConfigDict,
+               fields: Mapping[str, Any] | None) -> None:
+  """Sets {'a.b': value} fields (typed already, as the command line's
+  `--config.a.b` overrides are), each of which must exist."""
+  for path, value in (fields or {}).items():
+    node, leaf = _field(config, path, f"--config.{path}")
+    node[leaf] = value
+
+
+def _newest(workdir: str) -> dict[str, Any]:
+  """{'step', 'digest'} of a run's newest checkpoint."""
+  step = checkpoints.available_steps(workdir)[-1]
+  return {"step": step, "digest": common.checkpoint_digest(workdir, step)}
+
+
 def _train(config: ml_collections.ConfigDict, workdir: str, what: str,
-           log: Callable[[str], None]) -> dict[str, Any]:
-  done = _read_json(fileio.join(workdir, DONE))
-  if done is not None:
+           log: Callable[[str], None], options: loop.RunOptions,
+           gan_dir: str | None = None) -> dict[str, Any]:
+  """Trains (or resumes) the run through `trainers.run`, so the loop's
+  config check decides what a changed config means; returns its training
+  record {'config', 'step', 'train_seconds', 'gan'}. A run whose newest
+  checkpoint is the one recorded with this very config is not touched. A run
+  trained on the GAN in `gan_dir` (its modes sample it) refuses, in one
+  line, a GAN there that is not the one it was trained on."""
+  cell = _read_json(fileio.join(workdir, RESULTS)) or {}
+  stored = cell.get("train")
+  saved = checkpoints.config_to_json(config)
+  steps = checkpoints.available_steps(workdir)
+  gan = _newest(gan_dir) if gan_dir else None
+  if (stored and steps and gan and stored.get("gan")
+      and not common.same_key(stored["gan"], gan)):
+    raise UserError(
+        f"{what} in {workdir} was trained on another GAN in {gan_dir} (step "
+        f"{stored['gan']['step']}, now {gan['step']} with another digest); "
+        f"pass another --workdir to train it on this one")
+  if (stored and steps and steps[-1] == stored["step"]
+      and common.same_key(stored["config"], saved)):
     log(f"{what}: already trained in {workdir}")
-    return done
+    return stored
   log(f"{what}: training in {workdir}")
   t0 = time.time()
-  metrics = trainers.run(config, workdir)
-  done = {"metrics": {k: float(v) for k, v in metrics.items()},
-          "train_seconds": time.time() - t0}
-  _write_json(fileio.join(workdir, DONE), done)
-  return done
+  trainers.run(config, workdir, options)
+  seconds = time.time() - t0
+  if stored and steps and steps[-1] == stored["step"]:
+    seconds += float(stored.get("train_seconds", 0.0))  # continued
+  record = {"config": saved, "step": checkpoints.available_steps(workdir)[-1],
+            "train_seconds": seconds, "gan": gan}
+  _write_json(fileio.join(workdir, RESULTS),
+              {"train": record, "parts": cell.get("parts", {})})
+  return record
 
 
 def _history(workdir: str, key: str) -> tuple[list[int], list[float]]:
@@ -151,40 +206,146 @@ def _history(workdir: str, key: str) -> tuple[list[int], list[float]]:
   return [int(r["step"]) for r in records], [float(r[key]) for r in records]
 
 
+def _reuse(parts: dict[str, Any], name: str, key: dict[str, Any]
+           ) -> dict[str, Any] | None:
+  """The stored result of part `name` made by `key`, if any (each part
+  keeps one result per key, so going back to earlier settings reuses
+  theirs)."""
+  for stored in parts.get(name, []):
+    if common.same_key(stored.get("key"), key):
+      return stored["result"]
+  return None
+
+
+def _store(parts: dict[str, Any], name: str, key: dict[str, Any],
+           result: dict[str, Any]) -> None:
+  kept = [p for p in parts.get(name, [])
+          if not common.same_key(p.get("key"), key)]
+  parts[name] = kept + [{"key": key, "result": common.as_json(result)}]
+
+
 def evaluate_classifier(classifier_dir: str, gan_dir: str, *, eps: float,
                         attack_names: Sequence[str],
                         attack_settings: Mapping[str, Any],
                         num_examples: int,
                         unrestricted: Mapping[str, Any],
-                        seed: int = 0) -> dict[str, Any]:
-  """The study's numbers for one trained classifier; `seed` is added to the
-  attacks' seeds (random starts, the latent report's draws)."""
+                        seed: int = 0,
+                        extra: Mapping[str, Any] | None = None,
+                        log: Callable[[str], None] = print
+                        ) -> tuple[dict[str, Any], Any]:
+  """The study's numbers for one trained classifier, from its keyed
+  results in `<classifier_dir>/study_eval.json`: each part (clean accuracy,
+  each attack, the GAN-based columns, each evaluator of `extra`) is reused
+  only when its key (resolved settings, the checkpoints' steps and digests,
+  the advjax version) matches, else computed; `seed` is added to the
+  attacks' seeds (random starts, the latent report's draws). Returns (the
+  result row, the unrestricted grid or None when reused)."""
+  path = fileio.join(classifier_dir, RESULTS)
+  cell = _read_json(path) or {}
+  parts = dict(cell.get("parts", {}))
   classifier = inference.restore(classifier_dir, kind="classifier")
   gan = inference.restore(gan_dir, kind="gan")
-  robust = evaluate.robustness(classifier, eps_list=[eps],
-                               attack_names=attack_names,
-                               attack_settings=attack_settings,
-                               num_examples=num_examples,
-                               batch_size=min(250, max(num_examples, 1)),
-                               seed=seed)
-  latent = evaluate.unrestricted(
-      classifier, gan, attack_settings.get("unrestricted"),
-      {**unrestricted, "seed": int(unrestricted.get("seed", 0)) + seed})
-  grid = latent.pop("grid")
-  row = robust["rows"][0]
-  return {
-      "clean_accuracy": robust["clean_accuracy"],
-      **{f"{n}_accuracy": row[f"{n}_accuracy"] for n in attack_names},
+  inputs = common.Inputs(classifier=classifier, gan=gan)
+  robust = robustness.Settings(
+      eps=(float(eps),), attacks=tuple(attack_names),
+      attack={k: dict(v) for k, v in attack_settings.items()
+              if k in attack_names},
+      num_examples=num_examples, batch_size=min(250, max(num_examples, 1)),
+      seed=seed)
+  full = robustness.resolved(robust)
+  clean_key = common.provenance(
+      {k: full[k] for k in ("num_examples", "batch_size")},
+      classifier=classifier)
+  attack_key = {n: common.provenance(
+      {"eps": float(eps), "attack": n, "settings": full["attack"][n],
+       "num_examples": num_examples, "batch_size": robust.batch_size,
+       "seed": seed}, classifier=classifier) for n in attack_names}
+  missing = [n for n in attack_names
+             if _reuse(parts, f"attack/{n}", attack_key[n]) is None]
+  computed = []
+  if missing or _reuse(parts, "clean", clean_key) is None:
+    computed += missing or ["clean"]
+    log(f"  evaluating {', '.join(missing) or 'clean accuracy'}")
+    result = robustness.robustness(
+        classifier, eps_list=[float(eps)], attack_names=missing,
+        attack_settings=robust.attack, num_examples=num_examples,
+        batch_size=robust.batch_size, seed=seed)
+    row = result["rows"][0]
+    _store(parts, "clean", clean_key, {
+        "clean_accuracy": result["clean_accuracy"],
+        "num_examples": result["num_examples"]})
+    for n in missing:
+      _store(parts, f"attack/{n}", attack_key[n], {
+          "accuracy": row[f"{n}_accuracy"],
+          "signals": row.get("signals", {}).get(n, {}),
+          "broken_by": row.get("broken_by", {}).get(n, {}),
+          "settings": full["attack"][n]})
+  report = {**unrestricted_lib.report_fields().to_dict(), **unrestricted}
+  latent_s = unrestricted_lib.Settings(
+      **{**report, "seed": int(report["seed"]) + seed},
+      attack=dict(attack_settings.get("unrestricted", {})))
+  latent_key = common.provenance(unrestricted_lib.resolved(latent_s),
+                                 classifier=classifier, gan=gan)
+  grid = None
+  if _reuse(parts, "unrestricted", latent_key) is None:
+    computed.append("unrestricted")
+    log(f"  evaluating unrestricted examples "
+        f"({latent_key['settings']['attack']['num_steps']} latent steps)")
+    latent = unrestricted_lib.run(latent_s, inputs)
+    grid = latent.pop("grid")
+    latent.pop("provenance")
+    _store(parts, "unrestricted", latent_key, latent)
+  for name, block in (extra or {}).items():
+    entry = evaluators.get(name)
+    s = entry.read(block)
+    key = common.provenance(s, classifier=classifier, gan=gan)
+    if _reuse(parts, f"evaluator/{name}", key) is None:
+      log(f"  evaluating {name}")
+      out = entry(s, inputs)
+      if entry.images is not None:
+        entry.images(out)
+      out.pop("provenance", None)
+      _store(parts, f"evaluator/{name}", key, out)
+      computed.append(name)
+  if not computed:
+    log("  every result reused")
+  # Only what this format knows (a file from an older advjax keeps nothing).
+  _write_json(path, {"train": cell.get("train"), "parts": parts})
+  clean = _reuse(parts, "clean", clean_key)
+  latent = _reuse(parts, "unrestricted", latent_key)
+  attacks = {n: _reuse(parts, f"attack/{n}", attack_key[n])
+             for n in attack_names}
+  row = {
+      "clean_accuracy": clean["clean_accuracy"],
+      **{f"{n}_accuracy": attacks[n]["accuracy"] for n in attack_names},
       "gan_sample_accuracy": latent["classifier_accuracy_clean_samples"],
       "unrestricted_accuracy": latent["classifier_accuracy_attacked_samples"],
       "unrestricted_success": latent["success_rate"],
-      "attack_settings": robust["settings"],
       # Per attack: points per masking sign, and per cascade stage.
-      "signals": row.get("signals", {}),
-      "broken_by": row.get("broken_by", {}),
+      "signals": {n: a["signals"] for n, a in attacks.items()
+                  if a["signals"]},
+      "broken_by": {n: a["broken_by"] for n, a in attacks.items()
+                    if a["broken_by"]},
       "unrestricted": latent,
-      "num_examples": robust["num_examples"],
-  }, grid
+      "num_examples": clean["num_examples"],
+      # What produced the numbers: the table's caption is written from it.
+      "made_with": {
+          "eps": float(eps), "num_examples": clean["num_examples"],
+          "attacks": list(attack_names),
+          "attack_settings": {n: attacks[n]["settings"]
+                              for n in attack_names},
+          "unrestricted_steps": latent_key["settings"]["attack"]["num_steps"],
+          "classifier": common.run_record(classifier),
+          "gan": common.run_record(gan),
+          "advjax_version": latent_key["advjax_version"]},
+  }
+  for name, block in (extra or {}).items():
+    key = common.provenance(evaluators.get(name).read(block),
+                            classifier=classifier, gan=gan)
+    for k, v in _reuse(parts, f"evaluator/{name}", key).items():
+      if isinstance(v, (int, float)) and not isinstance(v, bool):
+        row[f"{name}/{k}"] = v
+  return row, grid
 
 
 def _format(value: Any, kind: str | None) -> str:
@@ -192,6 +353,8 @@ def _format(value: Any, kind: str | None) -> str:
     return f"{100 * value:.2f}%"
   if kind == "min":
     return f"{value:.1f}"
+  if kind == "num":
+    return f"{value:.4g}"
   return str(value)
 
 
@@ -215,33 +378,43 @@ def summarize(rows: list[dict[str, Any]], keys: Sequence[str]
 
 
 def write_table(rows: list[dict[str, Any]], out_dir: str, *,
-                attack_names: Sequence[str], eps: float, num_examples: int,
-                attack_settings: Mapping[str, Any], unrestricted_steps: int,
                 command: str) -> str:
   """study.md (mean +/- std over seeds per mode) and study.csv (one row per
-  mode and seed) from the per-seed result rows."""
-  cols = columns(attack_names)
+  mode and seed) from the per-seed result rows; the caption is written from
+  the settings stored with the numbers (each row's `made_with`)."""
+  made = rows[0]["made_with"] if rows else {
+      "eps": 0.0, "num_examples": 0, "attacks": [], "attack_settings": {},
+      "unrestricted_steps": 0}
+  attack_names = made["attacks"]
+  extra = [k for k in (rows[0] if rows else {}) if "/" in k]
+  cols = columns(attack_names) + [(k, k, "num") for k in extra]
   keys = [k for k, _, kind in cols if kind]
   seeds = sorted({int(r.get("seed", 0)) for r in rows})
   summary = summarize(rows, keys)
+  attack_settings = made["attack_settings"]
   described = "; ".join(
-      f"{adversaries.get(n).label}: " + ", ".join(
+      f"{_label(n)}: " + ", ".join(
           f"{k} {v}" for k, v in attack_settings.get(n, {}).items())
       for n in attack_names if attack_settings.get(n))
+  differ = sorted({json.dumps(
+      {k: v for k, v in r["made_with"].items()
+       if k not in ("classifier", "gan")}, sort_keys=True) for r in rows})
   header = "| " + " | ".join(title for _, title, _ in cols) + " |"
   lines = [
       "# Adversarial training: the study's comparison", "",
       f"Clean accuracy and accuracy under "
-      f"{', '.join(adversaries.get(n).label for n in attack_names)} on "
-      f"{num_examples} test images (L-inf eps {eps:g} in [-1, 1] units"
-      + (f"; {described}" if described else "") + "); "
+      f"{', '.join(_label(n) for n in attack_names)} on "
+      f"{made['num_examples']} test images (L-inf eps {made['eps']:g} in "
+      f"[-1, 1] units" + (f"; {described}" if described else "") + "); "
       f"accuracy on class-conditional AC-GAN samples and on unrestricted "
-      f"adversarial examples ({unrestricted_steps} latent steps) made against "
-      f"each classifier."
+      f"adversarial examples ({made['unrestricted_steps']} latent steps) made "
+      f"against each classifier."
       + (f" Mean ± standard deviation over {len(seeds)} seeds "
          f"({', '.join(map(str, seeds))}) per mode; per-seed rows in "
          f"study.csv." if len(seeds) > 1 else ""), "",
       header, "|" + " --- |" * len(cols)]
+  if len(differ) > 1:  # cannot happen through run_study; said if it does
+    lines[2] += " Warning: the rows were not all measured with these settings."
   for r in summary:
     lines.append("| " + " | ".join(
         _format(r[k], kind) + (f" ± {_format(r[k + '_std'], kind)}"
@@ -258,6 +431,12 @@ def write_table(rows: list[dict[str, Any]], out_dir: str, *,
                     + [r[k] for k, _, _ in cols[1:]])
   fileio.write_text(fileio.join(out_dir, "study.csv"), table.getvalue())
   return markdown
+
+
+def _label(name: str) -> str:
+  """An adversary's label; its name if no longer registered."""
+  entry = adversaries.ADVERSARIES.get(name)
+  return entry.label if entry is not None else name
 
 
 def plot_curves(curves: dict[str, dict[str, tuple[list, list]]],
@@ -293,9 +472,12 @@ def run_study(workdir: str, *, gan_config: str, classifier_config: str,
               classifier_overrides: Sequence[str] = (), eps: float = 0.2,
               attack_names: Sequence[str] = DEFAULT_ATTACKS,
               attack_settings: Mapping[str, Any] | None = None,
-              num_examples: int = 10000,
+              num_examples: int = FULL_NUM_EXAMPLES,
               unrestricted: Mapping[str, Any] | None = None,
-              seeds: int = 1,
+              seeds: int = 1, evaluators_named: Mapping[str, Any] | None = None,
+              classifier_fields: Mapping[str, Any] | None = None,
+              gan_fields: Mapping[str, Any] | None = None,
+              allow_config_change: bool = False,
               command: str = "", log: Callable[[str], None] = print
               ) -> list[dict[str, Any]]:
   """Runs (or resumes) the whole study; returns one result row per mode and
@@ -305,10 +487,18 @@ def run_study(workdir: str, *, gan_config: str, classifier_config: str,
   adds s to the classifier config's `seed` (initialisation, batch order,
   dropout, crafting) and to the evaluation's seeds, in
   `classifiers/<mode>` for s = 0 and `classifiers/<mode>.seed<s>` after.
+  Each run is one `trainers.run` (resumed by the loop, which also refuses a
+  changed config unless `allow_config_change`); each result is reused only
+  when the settings and checkpoints it was computed from match.
 
   `attack_settings[name]` overrides fields of adversary `name`'s
   evaluation settings ('unrestricted': the latent attack of the table);
-  `unrestricted` holds the latent report's sample count, batch and seed.
+  `unrestricted` holds the latent report's sample count, batch and seed;
+  `evaluators_named` maps more evaluators (`advjax.evaluators`) to their
+  settings, a column per number they return. `classifier_fields` and
+  `gan_fields` ({'a.b': value}, what `--config.a.b=value` and
+  `--gan_config.a.b=value` give) are set on every classifier's config and
+  on the GAN's, after the preset's `*_overrides` ('a.b=value' strings).
   """
   from advjax.metric_writers import save_png  # pylint: disable=g-import-not-at-top
   if not isinstance(seeds, int) or seeds < 1:
@@ -318,9 +508,18 @@ def run_study(workdir: str, *, gan_config: str, classifier_config: str,
   bad = [m for m in modes if m not in all_modes()]
   if bad:
     raise UserError(f"unknown mode(s) {bad}; modes are {all_modes()}")
+  attack_names = list(attack_names)
+  for n in attack_names:
+    if not adversaries.get(n).norm_bounded:
+      raise UserError(f"--attacks: '{n}' has no eps; the table's attacks are "
+                      f"norm-bounded: {robustness.attackable()}")
+  for n in evaluators_named or {}:
+    evaluators.get(n)
   attack_settings = {k: dict(v) for k, v in (attack_settings or {}).items()}
-  latent_steps = adversaries.get("unrestricted").evaluation_settings(
-      attack_settings.get("unrestricted")).num_steps
+  for n, block in attack_settings.items():
+    adversaries.get(n).evaluation_settings(block, f"attack.{n}")
+  options = loop.RunOptions(allow_config_change=allow_config_change)
+  family = config_utils.split_arg(classifier_config)[0]
   fileio.makedirs(workdir)
   if gan_workdir:
     if not checkpoints.available_steps(gan_workdir):
@@ -331,7 +530,8 @@ def run_study(workdir: str, *, gan_config: str, classifier_config: str,
     gan_dir = fileio.join(workdir, "acgan")
     gan_cfg = config_utils.load(gan_config)
     apply_overrides(gan_cfg, gan_overrides)
-    _train(gan_cfg, gan_dir, "GAN", log)
+    set_fields(gan_cfg, gan_fields)
+    _train(gan_cfg, gan_dir, "GAN", log, options)
 
   rows, curves = [], {}
   for mode in modes:
@@ -339,37 +539,33 @@ def run_study(workdir: str, *, gan_config: str, classifier_config: str,
       name = mode if seed == 0 else f"{mode}.seed{seed}"
       what = f"classifier '{mode}'" + (f" (seed {seed})" if seeds > 1 else "")
       mode_dir = fileio.join(workdir, "classifiers", name)
-      config = config_utils.load(f"{classifier_config}:{mode}")
-      config.adversarial_training.gan_workdir = gan_dir
+      # The family's member: mode and seed are the config's argument.
+      config = config_utils.load(f"{family}:{mode},seed={seed}")
+      # Only modes that sample the GAN depend on it for training; the
+      # others read it only to evaluate.
+      uses_gan = mode != "none" and adversaries.get(mode).uses_gan
+      config.adversarial_training.gan_workdir = gan_dir if uses_gan else ""
       if "eval" not in config:
         config.eval = ml_collections.ConfigDict()
       config.eval.gan_workdir = gan_dir
       apply_overrides(config, classifier_overrides)
-      config.seed = int(config.seed) + seed
-      done = _train(config, mode_dir, what, log)
-      results_path = fileio.join(mode_dir, "study_eval.json")
-      results = _read_json(results_path)
-      if results is not None:
-        log(f"{what}: already evaluated")
-      else:
-        log(f"{what}: evaluating ({', '.join(attack_names)}, GAN samples, "
-            f"{latent_steps}-step latent attack)")
-        results, grid = evaluate_classifier(
-            mode_dir, gan_dir, eps=eps, attack_names=attack_names,
-            attack_settings=attack_settings, num_examples=num_examples,
-            unrestricted=unrestricted or {}, seed=seed)
+      set_fields(config, classifier_fields)
+      done = _train(config, mode_dir, what, log, options,
+                    gan_dir=gan_dir if uses_gan else None)
+      log(f"{what}: evaluating")
+      results, grid = evaluate_classifier(
+          mode_dir, gan_dir, eps=eps, attack_names=attack_names,
+          attack_settings=attack_settings, num_examples=num_examples,
+          unrestricted=unrestricted or {}, seed=seed,
+          extra=evaluators_named, log=log)
+      if grid is not None:
         save_png(grid, fileio.join(workdir, f"unrestricted_{name}.png"))
-        _write_json(results_path, results)
       rows.append({"mode": mode, "seed": seed,
                    "train_minutes": done["train_seconds"] / 60, **results})
       if seed == 0:
         curves[mode] = {k: _history(mode_dir, k) for k in
                         ("eval/accuracy", "eval/gan_sample_accuracy")}
-  num = rows[0]["num_examples"] if rows else 0
-  markdown = write_table(
-      rows, workdir, attack_names=attack_names, eps=eps, num_examples=num,
-      attack_settings=rows[0].get("attack_settings", {}) if rows else {},
-      unrestricted_steps=latent_steps, command=command)
+  markdown = write_table(rows, workdir, command=command)
   plot_curves(curves, fileio.join(workdir, "accuracy_curves.png"))
   log(markdown)
   return rows
@@ -407,7 +603,7 @@ def preset_settings(preset: str, *, num_examples: int | None = None,
   attacks = {k: dict(v) for k, v in p.get("attack_settings", {}).items()}
   for name, fields in (attack_settings or {}).items():
     attacks.setdefault(name, {}).update(fields)
-  report = evaluate.unrestricted_config().to_dict()
+  report = unrestricted_lib.report_fields().to_dict()
   report.update(p.get("unrestricted", {}))
   report.update(unrestricted or {})
   return dict(
@@ -415,28 +611,28 @@ def preset_settings(preset: str, *, num_examples: int | None = None,
       classifier_overrides=(list(p.get("classifier_overrides", []))
                             + list(classifier_overrides)),
       num_examples=(num_examples if num_examples is not None
-                    else p.get("num_examples", 10000)),
+                    else p.get("num_examples", FULL_NUM_EXAMPLES)),
       attack_settings=attacks, unrestricted=report)
 
 
 def _define_flags():
   from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("workdir", None, "The folder of the whole study.")
-  flags.DEFINE_string("gan_config",
-                      os.path.join(ROOT, "configs", "quickstart_gan.py"),
-                      "AC-GAN config (trained unless --gan_workdir).")
+  config_flags.DEFINE_config_file(
+      "gan_config", os.path.join(ROOT, "configs", "quickstart_gan.py"),
+      "AC-GAN config (trained unless --gan_workdir); --gan_config.<field> "
+      "overrides.")
   flags.DEFINE_string("gan_workdir", None, "An AC-GAN run to use as is.")
-  flags.DEFINE_string("classifier_config",
-                      os.path.join(ROOT, "configs", "study_fashion_mnist.py"),
-                      "Config file whose get_config(mode) gives each mode.")
+  config_flags.DEFINE_config_file(
+      "config", os.path.join(ROOT, "configs", "study_fashion_mnist.py"),
+      "The family of classifier configs: get_config('<mode>,seed=<s>') "
+      "gives each run; --config.<field> overrides set a field of every one.")
   flags.DEFINE_enum("preset", "full", list(PRESETS),
                     "'small': a shorter GAN and classifiers, fewer test "
                     "images and latent steps (about 15 minutes per seed on 2 "
                     "CPU cores).")
   flags.DEFINE_list("modes", study_modes(), "Modes to train and compare.")
-  flags.DEFINE_multi_string("classifier_override", [],
-                            "key=value for every classifier config.")
-  flags.DEFINE_multi_string("gan_override", [], "key=value for the GAN.")
   flags.DEFINE_float("eps", 0.2, "L-inf budget of the attacks, [-1, 1] "
                      "units.")
   flags.DEFINE_list("attacks", list(DEFAULT_ATTACKS),
@@ -444,12 +640,19 @@ def _define_flags():
   cli.define_config_dict(
       "attack", evaluate.attack_flags(),
       "Settings of each adversary, --attack.<name>.<field>.")
-  flags.DEFINE_integer("num_examples", 10000, "Test images to evaluate.")
+  flags.DEFINE_integer("num_examples", FULL_NUM_EXAMPLES,
+                       "Test images to evaluate.")
   flags.DEFINE_integer("seeds", 1, "Classifiers per mode (seeds 0 .. N-1); "
                        "the table shows mean +/- std.")
   cli.define_config_dict(
-      "unrestricted", evaluate.unrestricted_config(),
+      "unrestricted", unrestricted_lib.report_fields(),
       "The latent report's samples: --unrestricted.num_samples, ...")
+  flags.DEFINE_list("evaluators", [],
+                    "More evaluators (advjax.evaluators) per classifier, a "
+                    "column per number they return.")
+  flags.DEFINE_bool("allow_config_change", False,
+                    "Continue runs whose saved config differs in more than "
+                    "their length and intervals (as advjax.main's flag).")
 
 
 def _given(f, name: str) -> dict[str, Any]:
@@ -461,7 +664,7 @@ def _given(f, name: str) -> dict[str, Any]:
       node = given
       for k in keys[:-1]:
         node = node.setdefault(k, {})
-      value = f[name]
+      value = getattr(f, name)
       for k in keys:
         value = value[k]
       node[keys[-1]] = value
@@ -477,14 +680,20 @@ def _main(argv):
       f.preset, num_examples=(f.num_examples if f["num_examples"].present
                               else None),
       attack_settings=_given(f, "attack"),
-      unrestricted=_given(f, "unrestricted"), gan_overrides=f.gan_override,
-      classifier_overrides=f.classifier_override)
-  run_study(f.workdir, gan_config=f.gan_config,
-            classifier_config=f.classifier_config, modes=f.modes,
+      unrestricted=_given(f, "unrestricted"))
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  run_study(f.workdir,
+            gan_config=config_flags.get_config_filename(f["gan_config"]),
+            classifier_config=config_flags.get_config_filename(f["config"]),
+            classifier_fields=config_flags.get_override_values(f["config"]),
+            gan_fields=config_flags.get_override_values(f["gan_config"]),
+            modes=f.modes,
             gan_workdir=f.gan_workdir, eps=f.eps, attack_names=f.attacks,
-            seeds=f.seeds, command=command, **settings)
+            seeds=f.seeds, evaluators_named={n: {} for n in f.evaluators},
+            allow_config_change=f.allow_config_change, command=command,
+            **settings)
 
 
 if __name__ == "__main__":
   _define_flags()
-  cli.run(_main, config_flag=None)
+  cli.run(_main, config_flag="config")

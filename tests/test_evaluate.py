@@ -350,3 +350,79 @@ def test_report_warns_about_zero_gradients_and_flat_accuracy():
   result["rows"][1]["autoattack_accuracy"] = 0.25
   del result["rows"][0]["signals"]
   assert "gradient masking" not in evaluate.robustness_markdown(result)
+
+
+def test_the_transfer_column_is_attacks_transfer_attack(runs, tmp_path):
+  # A substitute other than the model: the column is the library's
+  # transfer attack (FGSM on the substitute, the model judged as a black
+  # box), batch by batch.
+  classifier_dir, _ = runs
+  cls = load_config("quickstart")
+  cls.model.widths, cls.model.hidden = (4,), 8
+  cls.batch_size = cls.eval_batch_size = 16
+  cls.num_train_steps, cls.progress_bar, cls.seed = 2, False, 7
+  with tfds.testing.mock_data(num_examples=48):
+    trainers.run(cls, str(tmp_path / "substitute"))
+    classifier = inference.restore(classifier_dir)
+    substitute = inference.restore(str(tmp_path / "substitute"))
+    result = evaluate.robustness(classifier, eps_list=[0.3],
+                                 attack_names=["fgsm"], num_examples=32,
+                                 batch_size=16, substitute=substitute)
+    errors = [float(attacks.transfer_attack(
+        attacks.fgsm, substitute.logits_fn(), classifier.predict, x, y,
+        eps=0.3)["target_error_adv"])
+              for x, y in evaluate.eval_data(classifier, 32, 16)]
+  assert result["rows"][0]["transfer_error"] == pytest.approx(
+      np.mean(errors))
+
+
+def test_every_report_section_records_what_produced_it(runs, tmp_path):
+  classifier_dir, gan_dir = runs
+  out = str(tmp_path / "report")
+  with tfds.testing.mock_data(num_examples=48):
+    evaluate.report("robustness", classifier_dir, out, eps=(0.1,),
+                    attack_names=["fgsm"], num_examples=16, batch_size=16,
+                    gan_workdir=gan_dir,
+                    attack_settings={"unrestricted": {"num_steps": 1}},
+                    unrestricted_settings={"num_samples": 4})
+  with open(os.path.join(out, "robustness.json")) as f:
+    data = json.load(f)
+  import advjax
+  for section, roles in ((data, {"classifier"}),
+                         (data["unrestricted"], {"classifier", "gan"})):
+    made = section["provenance"]
+    assert made["advjax_version"] == advjax.__version__
+    assert set(made["checkpoints"]) == roles
+    for record in made["checkpoints"].values():
+      assert record["step"] > 0 and len(record["digest"]) == 16
+  assert data["provenance"]["settings"]["eps"] == [0.1]
+  assert data["provenance"]["settings"]["attack"]["fgsm"] == {
+      "target": "true_label", "random_eps": False}
+  assert data["unrestricted"]["provenance"]["settings"]["attack"][
+      "num_steps"] == 1
+
+
+def test_the_command_line_has_a_flag_for_every_evaluator_setting():
+  # Each evaluator's defaults are its settings dataclass's: the flags are
+  # built from them (an evaluator without flags of its own gets
+  # --<name>.<field>).
+  import subprocess, sys
+  from tests.helpers import ROOT, python_path
+  script = ("from absl import flags\n"
+            "from advjax import evaluate\n"
+            "evaluate._define_flags()\n"
+            "f = flags.FLAGS\n"
+            "f(['x'])\n"
+            "print(','.join(f.eps), f.num_examples, f.num_samples, "
+            "len(f.evaluators), f.gan_samples.num_samples, "
+            "f.unrestricted.num_samples, f.patch.size)\n")
+  out = subprocess.run([sys.executable, "-c", script], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=python_path()))
+  assert out.returncode == 0, out.stderr[-2000:]
+  from advjax.evaluators import gan_quality, gan_samples, robustness
+  r, q = robustness.Settings(), gan_quality.Settings()
+  assert out.stdout.split() == [
+      ",".join(f"{e:g}" for e in r.eps), str(r.num_examples),
+      str(q.num_samples), "0", str(gan_samples.Settings().num_samples),
+      "256", "0"]

@@ -259,9 +259,9 @@ def test_reports_tables_and_figures_go_to_gcs(gcs_dir):
   study = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(study)
   row = {k: 0.5 for k, _, _ in study.columns(["fgsm"])} | {"mode": "none"}
-  markdown = study.write_table([row], gcs_dir, attack_names=["fgsm"], eps=0.1,
-                               num_examples=2, attack_settings={},
-                               unrestricted_steps=1, command="c")
+  row["made_with"] = {"eps": 0.1, "num_examples": 2, "attacks": ["fgsm"],
+                      "attack_settings": {}, "unrestricted_steps": 1}
+  markdown = study.write_table([row], gcs_dir, command="c")
   assert fileio.read_text(f"{gcs_dir}/study.md") == markdown
   # mode, seed (0 when the row has none), then the columns.
   assert fileio.read_text(f"{gcs_dir}/study.csv").splitlines()[1].startswith(

@@ -371,7 +371,7 @@ def test_offline_fashion_mnist_matches_the_idx_files(fashion_dir):
   assert raw_images.shape == (10000, 28, 28)
   # tfds stores examples in its own (hashed-key) order, as in the official
   # build; as a multiset the split equals the idx file.
-  images, labels = ip._read(test, range(len(test)))  # pylint: disable=protected-access
+  images, labels = ip.read_examples(test, range(len(test)))
   assert images.shape == (10000, 28, 28, 1)
   built = sorted(_digest(i, l) for i, l in zip(images, labels))
   raw = sorted(_digest(i[..., None], l) for i, l in zip(raw_images,

@@ -33,18 +33,19 @@ def _study():
 
 
 def _run(study, workdir, logs, **kwargs):
+  defaults = dict(
+      modes=MODES, gan_overrides=GAN_OVERRIDES,
+      classifier_overrides=CLASSIFIER_OVERRIDES, eps=0.1,
+      attack_settings={"pgd": {"num_steps": 1},
+                       "autoattack": {"version": "fast"},
+                       "unrestricted": {"num_steps": 2}},
+      num_examples=20, unrestricted={"num_samples": 6}, command="test")
   with tfds.testing.mock_data(num_examples=32):
     return study.run_study(
         workdir, gan_config=os.path.join(ROOT, "configs", "quickstart_gan.py"),
         classifier_config=os.path.join(ROOT, "configs",
                                        "study_fashion_mnist.py"),
-        **{"modes": MODES, **kwargs}, gan_overrides=GAN_OVERRIDES,
-        classifier_overrides=CLASSIFIER_OVERRIDES, eps=0.1,
-        attack_settings={"pgd": {"num_steps": 1},
-                         "autoattack": {"version": "fast"},
-                         "unrestricted": {"num_steps": 2}},
-        num_examples=20, unrestricted={"num_samples": 6}, command="test",
-        log=logs.append)
+        **{**defaults, **kwargs}, log=logs.append)
 
 
 def _csv(path):
@@ -81,7 +82,8 @@ def test_study_writes_table_csv_and_figures_for_every_mode(first_run):
     # The per-classifier JSON keeps which AutoAttack stage broke each point.
     with open(os.path.join(workdir, "classifiers", r["mode"],
                            "study_eval.json")) as f:
-      stages = json.load(f)["broken_by"]["autoattack"]
+      (part,) = json.load(f)["parts"]["attack/autoattack"]
+    stages = part["result"]["broken_by"]
     assert sum(stages.values()) == round(20 * (1 - r["autoattack_accuracy"]))
 
 
@@ -128,8 +130,9 @@ def test_rerun_skips_finished_parts_and_gives_the_same_table(first_run):
   logs = []
   _run(study, workdir, logs)
   assert any("GAN: already trained" in line for line in logs)
-  assert sum("already evaluated" in line for line in logs) == len(MODES)
-  assert not any(line.endswith("training in " + workdir) for line in logs)
+  assert sum("every result reused" in line for line in logs) == len(MODES)
+  assert not any("training in" in line for line in logs)
+  assert not any(line.startswith("  evaluating") for line in logs)
   assert _csv(os.path.join(workdir, "study.csv")) == before
 
 
@@ -187,3 +190,164 @@ def test_preset_settings_let_user_flags_win(first_run):
   assert full["num_examples"] == 10000 and not full["attack_settings"]
   with pytest.raises(UserError, match="unknown preset"):
     study.preset_settings("huge")
+
+
+def _small(study, first_run, workdir, logs, **kwargs):
+  """One 'none' classifier on the first run's GAN, FGSM and PGD only."""
+  return _run(study, str(workdir), logs, **{
+      "modes": ("none",), "attack_names": ("fgsm", "pgd"),
+      "gan_workdir": os.path.join(first_run[1], "acgan"), **kwargs})
+
+
+def _trained(logs):
+  return any("training in" in line for line in logs)
+
+
+def _evaluated(logs):
+  return [line.strip() for line in logs if line.startswith("  evaluating")]
+
+
+def test_another_eps_gives_its_numbers_and_the_first_is_reused(first_run,
+                                                              tmp_path):
+  study = first_run[0]
+  first_logs, second_logs, third_logs = [], [], []
+  (first,) = _small(study, first_run, tmp_path, first_logs)
+  first_csv = _csv(tmp_path / "study.csv")
+  (second,) = _small(study, first_run, tmp_path, second_logs, eps=0.3)
+  table = (tmp_path / "study.md").read_text()
+  assert "L-inf eps 0.3 " in table and "eps 0.1" not in table
+  assert not _trained(second_logs)
+  assert _evaluated(second_logs) == ["evaluating fgsm, pgd"]
+  # The second table's numbers are those of eps 0.3, measured afresh.
+  with tfds.testing.mock_data(num_examples=32):
+    classifier = study.inference.restore(
+        os.path.join(tmp_path, "classifiers", "none"))
+    fresh = study.robustness.robustness(
+        classifier, eps_list=[0.3], attack_names=["fgsm", "pgd"],
+        attack_settings={"pgd": {"num_steps": 1}}, num_examples=20,
+        batch_size=20)
+  for name in ("fgsm", "pgd"):
+    assert second[f"{name}_accuracy"] == fresh["rows"][0][f"{name}_accuracy"]
+    assert (f"{100 * second[f'{name}_accuracy']:.2f}%" in table)
+  assert second["clean_accuracy"] == first["clean_accuracy"]
+  # Back to eps 0.1: nothing is trained or evaluated, the table is the
+  # first one's.
+  _small(study, first_run, tmp_path, third_logs)
+  assert not _trained(third_logs) and not _evaluated(third_logs)
+  assert "every result reused" in "\n".join(third_logs)
+  assert _csv(tmp_path / "study.csv") == first_csv
+  assert "L-inf eps 0.1 " in (tmp_path / "study.md").read_text()
+
+
+def test_adding_an_attack_evaluates_only_that_attack(first_run, tmp_path):
+  study = first_run[0]
+  logs = []
+  _small(study, first_run, tmp_path, [], attack_names=("fgsm",))
+  (row,) = _small(study, first_run, tmp_path, logs,
+                  attack_names=("fgsm", "pgd"))
+  assert not _trained(logs)
+  assert _evaluated(logs) == ["evaluating pgd"]
+  table = (tmp_path / "study.md").read_text()
+  assert "| FGSM accuracy | PGD accuracy |" in table
+  assert f"{100 * row['pgd_accuracy']:.2f}%" in table
+
+
+def test_another_gan_recomputes_only_the_gan_based_columns(first_run,
+                                                         tmp_path):
+  study = first_run[0]
+  gan = study.config_utils.load(os.path.join(ROOT, "configs",
+                                             "quickstart_gan.py"))
+  study.apply_overrides(gan, GAN_OVERRIDES + ["seed=5"])
+  with tfds.testing.mock_data(num_examples=32):
+    study.trainers.run(gan, str(tmp_path / "other_gan"))
+  logs = []
+  (before,) = _small(study, first_run, tmp_path / "study", [])
+  (after,) = _small(study, first_run, tmp_path / "study", logs,
+                    gan_workdir=str(tmp_path / "other_gan"))
+  assert _evaluated(logs) == ["evaluating unrestricted examples (2 latent "
+                              "steps)"]
+  assert after["made_with"]["gan"]["digest"] != before["made_with"]["gan"][
+      "digest"]
+  assert after["made_with"]["classifier"] == before["made_with"]["classifier"]
+  for key in ("clean_accuracy", "fgsm_accuracy", "pgd_accuracy"):
+    assert after[key] == before[key]
+  with open(tmp_path / "study" / "classifiers" / "none" /
+            "study_eval.json") as f:
+    assert len(json.load(f)["parts"]["unrestricted"]) == 2
+
+
+def test_study_command_line_attack_and_unrestricted_flags(first_run,
+                                                          tmp_path):
+  study = first_run[0]
+  import subprocess
+  import sys
+  from tests.helpers import python_path
+  script = ("import runpy, sys, tensorflow_datasets as tfds\n"
+            "sys.argv = ['study.py'] + sys.argv[1:]\n"
+            "with tfds.testing.mock_data(num_examples=32):\n"
+            f"  runpy.run_path({os.path.join(ROOT, 'experiments', 'study.py')!r},"
+            " run_name='__main__')\n")
+  out = subprocess.run(
+      [sys.executable, "-c", script, f"--workdir={tmp_path}",
+       f"--gan_workdir={os.path.join(first_run[1], 'acgan')}", "--modes=none",
+       "--attacks=fgsm,pgd", "--eps=0.1", "--num_examples=20",
+       "--attack.pgd.num_steps=2", "--attack.unrestricted.num_steps=1",
+       "--unrestricted.num_samples=4",
+       *[f"--config.{o}" for o in CLASSIFIER_OVERRIDES]],
+      capture_output=True, text=True, timeout=600, cwd=ROOT,
+      env=dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=python_path()))
+  assert out.returncode == 0, out.stderr[-3000:]
+  table = (tmp_path / "study.md").read_text()
+  assert "PGD: num_steps 2," in table and "(1 latent steps)" in table
+  # --config.* reached the classifier's config (and so the loop's check).
+  with tfds.testing.mock_data(num_examples=32):
+    saved = study.inference.restore(str(tmp_path / "classifiers" / "none"))
+  assert saved.config.model.hidden == 8 and saved.config.num_train_steps == 2
+  with open(tmp_path / "classifiers" / "none" / "study_eval.json") as f:
+    parts = json.load(f)["parts"]
+  (pgd,) = parts["attack/pgd"]
+  assert pgd["result"]["settings"]["num_steps"] == 2
+  assert pgd["key"]["settings"]["settings"]["num_steps"] == 2
+  (latent,) = parts["unrestricted"]
+  assert latent["result"]["num_samples"] == 4
+  assert latent["result"]["num_steps"] == 1
+
+
+def test_a_registered_evaluator_is_a_column_of_the_study(first_run, tmp_path):
+  import dataclasses
+  from advjax import evaluators
+
+  @dataclasses.dataclass(frozen=True)
+  class StepSettings:
+    offset: int = 0
+
+  evaluators.register("step_of", StepSettings)(
+      lambda s, inputs: {"step": inputs.classifier.step + s.offset})
+  try:
+    study = first_run[0]
+    (row,) = _small(study, first_run, tmp_path, [],
+                    evaluators_named={"step_of": {"offset": 1}})
+  finally:
+    del evaluators.EVALUATORS["step_of"]
+  assert row["step_of/step"] == 3
+  assert "| step_of/step |" in (tmp_path / "study.md").read_text()
+  assert _csv(tmp_path / "study.csv")[0]["step_of/step"] == "3"
+
+
+def test_a_gan_mode_classifier_refuses_a_changed_gan_at_the_same_path(
+    first_run, tmp_path):
+  study = first_run[0]
+  gan = study.config_utils.load(os.path.join(ROOT, "configs",
+                                             "quickstart_gan.py"))
+  study.apply_overrides(gan, GAN_OVERRIDES)
+  gan_dir = str(tmp_path / "gan")
+  with tfds.testing.mock_data(num_examples=32):
+    study.trainers.run(gan, gan_dir)
+  _small(study, first_run, tmp_path / "study", [], modes=("gan",),
+         attack_names=("fgsm",), gan_workdir=gan_dir)
+  gan.num_train_steps = 4  # the same run, trained further: another GAN
+  with tfds.testing.mock_data(num_examples=32):
+    study.trainers.run(gan, gan_dir)
+  with pytest.raises(UserError, match="was trained on another GAN"):
+    _small(study, first_run, tmp_path / "study", [], modes=("gan",),
+           attack_names=("fgsm",), gan_workdir=gan_dir)

@@ -19,6 +19,7 @@ import pytest
 from advjax import (adversarial_training, adversaries, evaluate, losses,
                     models, robust_losses)
 from advjax.models.cnn import SmallCNN
+from advjax.evaluators import robustness
 from advjax.trainers import classifier
 from tests.helpers import ROOT
 from tests.test_adversarial_training import (SMALL, _batches, _config,
@@ -47,7 +48,10 @@ def test_training_the_report_and_the_study_see_the_new_modes():
     assert entry.trains and entry.norm_bounded
     assert name in adversaries.training_modes()
     assert name in study.all_modes()
-    assert name in evaluate._default_attacks()  # pylint: disable=protected-access
+    # A report runs them when named (--attacks=trades), not by default:
+    # their examples are PGD's or FGSM's under another loss.
+    assert name in robustness.attackable()
+    assert name not in robustness.default_attacks()
     assert name in evaluate.attack_flags()
   assert adversaries.get("trades").loss is not None
   assert adversaries.get("mart").loss is not None

@@ -563,6 +563,17 @@ def create_discriminator(model_config, num_classes: int,
                 axis_name, dtype)
 
 
+def create_players(model_config, num_classes: int,
+                   image_shape: tuple[int, int, int],
+                   axis_name: str | None = None, dtype: Any = jnp.float32):
+  """(generator, discriminator) of `model_config`: how the GAN trainer and
+  `inference.GAN` both build the networks of a config."""
+  return (create_generator(model_config, num_classes, image_shape,
+                           axis_name=axis_name, dtype=dtype),
+          create_discriminator(model_config, num_classes, image_shape,
+                               axis_name=axis_name, dtype=dtype))
+
+
 def sample_latents(rng: jax.Array, n: int, dim: int) -> jax.Array:
   """z ~ N(0, I), [n, dim] float32."""
   return jax.random.normal(rng, (n, dim), jnp.float32)

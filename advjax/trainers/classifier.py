@@ -35,9 +35,10 @@ import ml_collections
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from advjax import (adversarial_training, attacks, example_rng, frozen_models,
-                    inference, input_pipeline, loop, losses, models,
-                    optimizers, parallel, run_settings)
+from advjax import (adversarial_training, attacks, checkpoints, evaluators,
+                    example_rng, frozen_models, inference, input_pipeline,
+                    loop, losses, models, optimizers, parallel, run_settings)
+from advjax.evaluators import gan_samples
 from advjax import settings as settings_lib
 from advjax.errors import UserError
 from advjax.parallel import AXIS
@@ -76,6 +77,11 @@ class EvalSettings:
   class-balanced samples of that AC-GAN run."""
   gan_workdir: str = settings_lib.extends_run("", "evaluation only")
   gan_samples: int = settings_lib.extends_run(1000, "evaluation only")
+  # {name: {field: value}} of more evaluators (`advjax.evaluators`) run at
+  # every evaluation, logged as eval/<name>/<key>.
+  evaluators: dict = dataclasses.field(
+      default_factory=dict, metadata={settings_lib.EXTENDS_RUN:
+                                      "evaluation only"})
 
   def __post_init__(self):
     settings_lib.check_positive(self, "gan_samples")
@@ -344,28 +350,34 @@ def evaluate(p_eval_step, state: TrainState, batches: Any,
 def gan_eval_samples(gan_workdir: str, num_classes: int,
                      image_shape: tuple[int, ...], num_samples: int,
                      seed: int = 0, pins: frozen_models.Pins | None = None
-                     ) -> tuple[np.ndarray, np.ndarray]:
-  """Fixed class-balanced samples of an AC-GAN run, to follow how well the
-  classifier does on generated images while it trains (the study's finding:
-  it learns them early)."""
+                     ) -> tuple[inference.GAN, np.ndarray, np.ndarray]:
+  """(gan, images, labels): fixed class-balanced samples of an AC-GAN run, to
+  follow how well the classifier does on generated images while it trains
+  (the study's finding: it learns them early)."""
   gan = (pins or frozen_models.Pins()).restore(
       "eval_gan", gan_workdir, kind="gan", training=False)
-  if gan.num_classes != num_classes:
-    raise UserError(f"eval.gan_workdir {gan_workdir} is a GAN with "
-                    f"{gan.num_classes} classes (0 = unconditional); the "
-                    f"classifier has {num_classes}")
-  labels = (np.arange(num_samples) % num_classes).astype(np.int32)
-  images = []
-  for i in range(0, num_samples, 500):
-    images.append(np.asarray(gan.sample(labels[i:i + 500],
-                                        n=len(labels[i:i + 500]),
-                                        seed=seed + i)))
-  images = np.concatenate(images)
-  if images.shape[1:] != tuple(image_shape):
-    raise UserError(f"eval.gan_workdir {gan_workdir} makes images of shape "
-                    f"{images.shape[1:]}, the classifier reads "
-                    f"{tuple(image_shape)}")
-  return images, labels
+  gan_samples.check_fits(gan, num_classes, image_shape, "eval.gan_workdir")
+  images, labels = gan_samples.balanced_samples(gan, num_samples, seed=seed)
+  return gan, images, labels
+
+
+def read_evaluators(config: ml_collections.ConfigDict
+                    ) -> list[tuple[evaluators.Evaluator, Any]]:
+  """(entry, settings) of each evaluator `config.eval.evaluators` names
+  ({name: {field: value}}), run at every evaluation: their numbers are
+  logged as `eval/<name>/<key>`."""
+  return evaluators.common.from_block(
+      settings_lib.read(EvalSettings, config, "eval").evaluators)
+
+
+def _handle(config: ml_collections.ConfigDict, state: TrainState, step: int,
+            workdir: str) -> inference.Classifier:
+  """The state being trained as the handle evaluators read."""
+  host = jax.device_get({"params": state.params,
+                         "batch_stats": state.batch_stats})
+  return inference.Classifier(checkpoints.Checkpoint(
+      config=config, state=host, meta={"trainer": TRAINER}, step=int(step),
+      workdir=workdir))
 
 
 def array_eval_batches(images: np.ndarray, labels: np.ndarray,
@@ -457,10 +469,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   p_eval_step = parallel.data_parallel(eval_step, mesh,
                                        in_specs=(P(), P(AXIS)), out_specs=P())
-  gan_batches = None
+  gan_batches = gan = None
   e = settings_lib.read(EvalSettings, config, "eval")
   if e.gan_workdir:
-    images, labels = gan_eval_samples(
+    gan, images, labels = gan_eval_samples(
         e.gan_workdir, info.num_classes, info.image_shape, e.gan_samples,
         seed=s.seed, pins=pins)
     gan_batches = array_eval_batches(images, labels, eval_batch_size)
@@ -469,9 +481,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if plan is not None and plan.checks_overfitting:
     check = overfitting_check(plan, eval_source, eval_batch_size, mesh,
                               config.seed)
+  chosen = read_evaluators(config)
 
   def evaluate_all(state, step, writer):
-    del step, writer  # scalars only: the loop writes them
+    del writer  # scalars only: the loop writes them
     test = evaluate(p_eval_step, state, input_pipeline.eval_batches(
         eval_source, global_batch_size=eval_batch_size), mesh)
     metrics = {f"eval/{k}": v for k, v in test.items()}
@@ -480,6 +493,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if gan_batches is not None:
       metrics["eval/gan_sample_accuracy"] = evaluate(
           p_eval_step, state, gan_batches, mesh)["accuracy"]
+    if chosen:
+      metrics.update(evaluators.common.numbers(chosen, evaluators.Inputs(
+          classifier=_handle(config, state, step, workdir), gan=gan)))
     return metrics
 
   task = loop.Task(

@@ -21,8 +21,9 @@ import json
 import jax
 import ml_collections
 
-from advjax import evaluate, fileio, inference, loop
+from advjax import fileio, inference, loop
 from advjax import settings as settings_lib
+from advjax.evaluators import robustness
 from advjax.trainers import classifier
 
 SECTIONS = ("dataset", "model", "optimizer", "distill")
@@ -58,10 +59,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   eps_list = list(d.eval_eps)
   results = {}
   for name, path in (("teacher", teacher_dir), ("student", student_dir)):
-    results[name] = evaluate.robustness(
-        inference.restore(path, kind="classifier"), eps_list=eps_list,
-        attack_names=("fgsm",),
-        num_examples=d.eval_examples)
+    run = inference.restore(path, kind="classifier")
+    results[name] = robustness.run(
+        robustness.Settings(eps=tuple(eps_list), attacks=("fgsm",),
+                            num_examples=d.eval_examples),
+        robustness.common.Inputs(classifier=run))
     results[name].pop("examples")
   lines = [f"Defensive distillation at T = {config.temperature:g}, evaluated "
            f"at T = 1 on {results['teacher']['num_examples']} test images", "",

@@ -47,8 +47,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from advjax import (example_rng, frozen_models, inference, input_pipeline,
-                    loop, losses, optimizers, parallel, run_settings)
+from advjax import (checkpoints, evaluators, example_rng, frozen_models,
+                    inference, input_pipeline, loop, losses, optimizers,
+                    parallel, run_settings)
 from advjax import settings as settings_lib
 from advjax.errors import UserError
 from advjax.metric_writers import MetricWriter, image_grid
@@ -133,6 +134,11 @@ class EvalSettings:
   `samples_per_class` samples of each class."""
   classifier_workdir: str = settings_lib.extends_run("", "evaluation only")
   samples_per_class: int = settings_lib.extends_run(100, "evaluation only")
+  # {name: {field: value}} of more evaluators (`advjax.evaluators`) run at
+  # every evaluation, logged as eval/<name>/<key>.
+  evaluators: dict = dataclasses.field(
+      default_factory=dict, metadata={settings_lib.EXTENDS_RUN:
+                                      "evaluation only"})
 
   def __post_init__(self):
     settings_lib.check_positive(self, "samples_per_class")
@@ -184,10 +190,8 @@ def create_models(config: ml_collections.ConfigDict, num_classes: int,
                   image_shape: tuple[int, int, int],
                   axis_name: str | None = AXIS):
   dtype = jnp.dtype(run_settings.read(config).dtype)
-  return (gans.create_generator(config.model, num_classes, image_shape,
-                                axis_name=axis_name, dtype=dtype),
-          gans.create_discriminator(config.model, num_classes, image_shape,
-                                    axis_name=axis_name, dtype=dtype))
+  return gans.create_players(config.model, num_classes, image_shape,
+                             axis_name=axis_name, dtype=dtype)
 
 
 def _split_variables(variables: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
@@ -556,6 +560,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   pins = frozen_models.Pins(workdir, options.allow_config_change)
   classifier = pins.restore("eval_classifier", judge, kind="classifier",
                             training=False) if judge else None
+  # More evaluators, by name (`config.eval.evaluators`), of the GAN as it
+  # is at each evaluation: logged as eval/<name>/<key>.
+  chosen = evaluators.common.from_block(e.evaluators)
 
   def evaluate(state: GANState, step: int,
                writer: MetricWriter) -> dict[str, float]:
@@ -571,6 +578,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
               generate, host["g_params"], host["g_state"], classifier,
               num_classes, e.samples_per_class,
               int(config.seed), gans.read_model(config.model).latent_dim))
+    if chosen:
+      gan = inference.GAN(checkpoints.Checkpoint(
+          config=config, state=jax.device_get(
+              {"g_params": state.g_params, "g_state": state.g_state,
+               "g_ema": state.g_ema, "d_params": state.d_params,
+               "d_state": state.d_state}),
+          meta={"trainer": TRAINER}, step=int(step), workdir=workdir))
+      metrics.update(evaluators.common.numbers(
+          chosen, evaluators.Inputs(gan=gan, classifier=classifier)))
     return metrics
 
   def summary(metrics: dict[str, float]) -> str:
