@@ -88,10 +88,14 @@ class Target:
   the batch (adversaries whose objective is a batch mean, like the latent
   attack, average over the global batch); None in reports, which run outside
   it.
+  bounds: (low, high), the valid input range the crafted images stay in
+  (the library's (-1, 1); (0, 1) for a model on [0, 1] images); eps is in
+  its units.
   """
   logits_fn: Callable[[jax.Array], jax.Array]
   gan: FrozenGAN | None = None
   axis_name: str | None = None
+  bounds: tuple[float, float] = (-1., 1.)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,8 +253,10 @@ def _fgsm(s: FGSMSettings, target: Target, images, labels, rng) -> Crafted:
     eps = jax.random.uniform(rng, (), jnp.float32, min(FGSM_MIN_EPS, s.eps),
                              s.eps)
   if s.target == "least_likely":
-    return {"image": attacks.fgsm_least_likely(target.logits_fn, images, eps)}
-  return {"image": attacks.fgsm(target.logits_fn, images, labels, eps)}
+    return {"image": attacks.fgsm_least_likely(target.logits_fn, images, eps,
+                                               bounds=target.bounds)}
+  return {"image": attacks.fgsm(target.logits_fn, images, labels, eps,
+                                bounds=target.bounds)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,7 +287,7 @@ def _pgd(s: PGDSettings, target: Target, images, labels, rng) -> Crafted:
   return {"image": attacks.pgd(
       target.logits_fn, images, labels, rng, eps=s.eps,
       step_size=s.rel_step_size * s.eps, num_steps=s.num_steps,
-      norm=s.norm, random_start=s.random_start)}
+      norm=s.norm, random_start=s.random_start, bounds=target.bounds)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -374,7 +380,7 @@ def _autoattack(s: AutoAttackSettings, target: Target, images, labels,
   result = autoattack.autoattack(
       target.logits_fn, images, labels, s.eps, norm=s.norm,
       version=s.version, rng=rng, batch_size=s.batch_size,
-      progress=sys.stderr.isatty())
+      progress=sys.stderr.isatty(), bounds=target.bounds)
   return {"image": jnp.asarray(result.images),
           "success": jnp.asarray(~result.robust & result.clean_correct),
           "signals": {
@@ -428,7 +434,8 @@ def _trades(s: TRADESSettings, target: Target, images, labels,
   start = robust_losses.gaussian_start(rng, images, s.init_std)
   return {"image": robust_losses.kl_pgd(
       target.logits_fn, images, start, eps=s.eps,
-      step_size=s.rel_step_size * s.eps, num_steps=s.num_steps)}
+      step_size=s.rel_step_size * s.eps, num_steps=s.num_steps,
+      bounds=target.bounds)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -454,7 +461,8 @@ def _mart(s: MARTSettings, target: Target, images, labels, rng) -> Crafted:
   start = robust_losses.gaussian_start(rng, images, s.init_std)
   return {"image": robust_losses.ce_pgd(
       target.logits_fn, images, labels, start, eps=s.eps,
-      step_size=s.rel_step_size * s.eps, num_steps=s.num_steps)}
+      step_size=s.rel_step_size * s.eps, num_steps=s.num_steps,
+      bounds=target.bounds)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -485,4 +493,4 @@ def _fgsm_rs(s: FGSMRSSettings, target: Target, images, labels,
   delta = robust_losses.uniform_start(rng, images, s.eps)
   return {"image": robust_losses.fgsm_rs(
       target.logits_fn, images, labels, delta, eps=s.eps,
-      alpha=s.rel_step_size * s.eps)}
+      alpha=s.rel_step_size * s.eps, bounds=target.bounds)}

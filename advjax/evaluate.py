@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 
 import ml_collections
 
-from advjax import adversaries, cli, evaluators, fileio, inference
+from advjax import adversaries, attacks, cli, evaluators, fileio, inference
 from advjax import settings as settings_lib
 from advjax.errors import UserError
 from advjax.evaluators import common
@@ -154,6 +154,43 @@ def report(mode: str, workdir: str, out: str | None = None, *,
                                       evaluators_named)
   out = out or fileio.join(workdir, "eval")
   write_report(out, mode, markdown, data, images)
+  return markdown
+
+
+def report_model(logits_fn, images, labels, out: str | None = None, *,
+                 bounds: tuple[float, float] = (-1., 1.),
+                 eps: Sequence[float] | None = None,
+                 attack_names: Sequence[str] | None = None,
+                 attack_settings: Mapping[str, Any] | None = None,
+                 num_examples: int = 0, batch_size: int | None = None,
+                 seed: int = 0, name: str = "model") -> str:
+  """The robustness report of any model: `logits_fn` (images [B, H, W, C]
+  in `bounds` -> logits [B, K], e.g. a plain `flax.linen` model's apply)
+  on the test arrays `images` and `labels`; returns its Markdown and, with
+  `out`, writes `robustness.md`, `.json` and example PNGs there, as
+  `python -m advjax.evaluate --mode=robustness` does for a checkpoint.
+
+  `bounds` is the model's valid input range: images outside it are
+  refused, every attack keeps its images in it and eps is in its units
+  (bounds=(0, 1), eps=(8/255,) for a [0, 1] model as torchattacks and
+  RobustBench count). `num_examples` <= 0: every image given. The JSON's
+  provenance names `name` and a digest of the arrays.
+  """
+  model = common.ArrayModel(logits_fn, images, labels, bounds=bounds,
+                            name=name)
+  attacks.check_images_in_range(model.images, model.bounds)
+  given = {"eps": None if eps is None else tuple(float(e) for e in eps),
+           "attacks": None if attack_names is None else tuple(attack_names),
+           "batch_size": batch_size}
+  block = {k: v for k, v in given.items() if v is not None}
+  block.update(attack=settings_lib.plain(attack_settings),
+               num_examples=int(num_examples), seed=int(seed),
+               bounds=model.bounds)
+  settings = {"robustness": evaluators.get("robustness").read(block)}
+  markdown, data, images_out = run_report(
+      "robustness", common.Inputs(classifier=model), settings)
+  if out:
+    write_report(out, "robustness", markdown, data, images_out)
   return markdown
 
 

@@ -84,12 +84,20 @@ def get_dataset_info(name: str) -> DatasetInfo:
 # Sources and one-time preparation.
 
 
-def _check_data_dir(data_dir: str | None) -> str | None:
-  """None for tfds's default; a local folder must exist, a `gs://` one need
-  not (an object store has no empty folders)."""
+def _check_data_dir(data_dir: str | None, create: bool = False
+                    ) -> str | None:
+  """None for tfds's default; a local folder must exist (`create`: it is
+  made, as preparing a dataset does), a `gs://` one need not (an object
+  store has no empty folders)."""
   if data_dir is None or data_dir == "":
     return None
   data_dir = fileio.resolve(str(data_dir))
+  if create and not fileio.is_remote(data_dir):
+    try:
+      os.makedirs(data_dir, exist_ok=True)
+    except OSError as e:
+      raise UserError(f"data_dir '{data_dir}' cannot be created: "
+                      f"{e.strerror or e}") from None
   if not fileio.is_remote(data_dir) and not os.path.isdir(data_dir):
     raise UserError(
         f"data_dir '{data_dir}' does not exist; create it or leave "
@@ -257,7 +265,7 @@ def prepare(name: str, data_dir: str | None = None) -> None:
   A `gs://` data_dir is filled from a local build (see `_prepare_remote`).
   """
   info = get_dataset_info(name)
-  data_dir = _check_data_dir(data_dir)
+  data_dir = _check_data_dir(data_dir, create=True)
   if data_dir is not None and fileio.is_remote(data_dir):
     _prepare_remote(info.name, data_dir)
     return
@@ -617,7 +625,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser.parse_args(argv)
   try:
     info = get_dataset_info(args.dataset)
-    data_dir = _check_data_dir(args.data_dir)
+    data_dir = _check_data_dir(args.data_dir, create=True)
     prepare(info.name, data_dir)
     builder = _builder(info.name, data_dir)
     print(f"advjax: {info.name} is ready in {builder.data_dir} "

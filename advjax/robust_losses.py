@@ -97,15 +97,15 @@ def mart_loss(clean_logits: jax.Array, adv_logits: jax.Array,
 
 def sign_ascent(objective: Callable[[jax.Array], jax.Array], x: jax.Array,
                 x_start: jax.Array, *, eps: float, step_size: float,
-                num_steps: int, clip_min: float = -1.,
-                clip_max: float = 1.) -> jax.Array:
+                num_steps: int,
+                bounds: tuple[float, float] = (-1., 1.)) -> jax.Array:
   """L-inf steps of the authors' TRADES / MART attack loops: from `x_start`
   (not clipped first, as theirs),
 
     x_{t+1} = clip(P_eps(x_t + step_size * sign(grad objective(x_t)))),
 
-  P_eps the projection on the eps-ball around x and clip to [clip_min,
-  clip_max]; `objective(x')` is a sum over the batch (so each example's
+  P_eps the projection on the eps-ball around x and clip to bounds = (low,
+  high), the valid input range; `objective(x')` is a sum over the batch (so each example's
   gradient is its own). `num_steps` is a Python int.
   """
   grad = jax.grad(objective)
@@ -113,10 +113,10 @@ def sign_ascent(objective: Callable[[jax.Array], jax.Array], x: jax.Array,
   def body(_, x_adv):
     x_adv = x_adv + step_size * jnp.sign(grad(x_adv)).astype(x.dtype)
     x_adv = jnp.clip(x_adv, x - eps, x + eps)
-    return jnp.clip(x_adv, clip_min, clip_max)
+    return jnp.clip(x_adv, *bounds)
 
   x_adv = jax.lax.fori_loop(0, num_steps, body, x_start)
-  return jnp.clip(x_adv, clip_min, clip_max)
+  return jnp.clip(x_adv, *bounds)
 
 
 def gaussian_start(rng: jax.Array, x: jax.Array, std: float) -> jax.Array:
@@ -126,29 +126,32 @@ def gaussian_start(rng: jax.Array, x: jax.Array, std: float) -> jax.Array:
 
 
 def kl_pgd(logits_fn: LogitsFn, x: jax.Array, x_start: jax.Array, *,
-           eps: float, step_size: float, num_steps: int) -> jax.Array:
+           eps: float, step_size: float, num_steps: int,
+           bounds: tuple[float, float] = (-1., 1.)) -> jax.Array:
   """TRADES' inner attack: `sign_ascent` on sum_i KL(p(x_i) || p(x'_i)),
   p(x) fixed (computed once; the authors recompute the same value each
   step)."""
   clean = jax.lax.stop_gradient(logits_fn(x))
   return sign_ascent(lambda xa: jnp.sum(kl_divergence(clean, logits_fn(xa))),
                      x, x_start, eps=eps, step_size=step_size,
-                     num_steps=num_steps)
+                     num_steps=num_steps, bounds=bounds)
 
 
 def ce_pgd(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
            x_start: jax.Array, *, eps: float, step_size: float,
-           num_steps: int) -> jax.Array:
+           num_steps: int, bounds: tuple[float, float] = (-1., 1.)
+           ) -> jax.Array:
   """MART's inner attack: `sign_ascent` on the summed cross-entropy (the
   authors' mean differs by the batch size, which a sign step ignores)."""
   return sign_ascent(
       lambda xa: jnp.sum(losses.cross_entropy(logits_fn(xa), labels)), x,
-      x_start, eps=eps, step_size=step_size, num_steps=num_steps)
+      x_start, eps=eps, step_size=step_size, num_steps=num_steps,
+      bounds=bounds)
 
 
 def fgsm_rs(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
             delta_start: jax.Array, *, eps: float, alpha: float,
-            clip_min: float = -1., clip_max: float = 1.) -> jax.Array:
+            bounds: tuple[float, float] = (-1., 1.)) -> jax.Array:
   """Wong et al. 2020's FGSM with random start (their CIFAR-10 code,
   train_fgsm.py): with delta_start ~ U(-eps, eps) (see `uniform_start`),
 
@@ -159,10 +162,9 @@ def fgsm_rs(logits_fn: LogitsFn, x: jax.Array, labels: jax.Array,
   the valid range (`attacks.fgsm` takes the step; clipping to the range and
   to the ball commute, both contain x).
   """
-  x0 = jnp.clip(x + delta_start, clip_min, clip_max)
-  x1 = attacks.fgsm(logits_fn, x0, labels, alpha, clip_min=clip_min,
-                    clip_max=clip_max)
-  return jnp.clip(x + jnp.clip(x1 - x, -eps, eps), clip_min, clip_max)
+  x0 = jnp.clip(x + delta_start, *bounds)
+  x1 = attacks.fgsm(logits_fn, x0, labels, alpha, bounds=bounds)
+  return jnp.clip(x + jnp.clip(x1 - x, -eps, eps), *bounds)
 
 
 def uniform_start(rng: jax.Array, x: jax.Array, eps: float) -> jax.Array:

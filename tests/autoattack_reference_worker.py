@@ -8,7 +8,12 @@ classifier and writes DIR/weights.npz (flax variables, "/"-joined keys) and
 DIR/data.npz (the test images and labels that every attack uses). `attack`
 runs advjax.attacks.autoattack's attacks, AutoAttack, FGSM and PGD on them
 with the same settings as the torchattacks script and writes DIR/advjax.npz
-(robust_<name> bool [N], seconds_<name>, logits [N, K]).
+(robust_<name> bool [N], seconds_<name>, logits [N, K], and the range of
+every adversarial image, in_bounds_<name>).
+
+The attacks see the model as torchattacks does: on [0, 1] images
+(x01 -> model(2 x01 - 1)), with bounds=(0, 1) and eps in [0, 1] units
+(settings' eps / 2), so the comparison also checks `bounds`.
 
 It runs in a subprocess so that XLA compiles with its normal optimisations:
 tests/conftest.py turns them off for the test process, which makes the
@@ -88,14 +93,34 @@ def train_and_save(folder: str, s) -> None:
   print(f"trained in {time.time() - start:.1f}s", flush=True)
 
 
+class _On01:
+  """The [-1, 1] model on [0, 1] images; hashable by the model's apply, so
+  AutoAttack's compiled programs are reused across chunks."""
+
+  def __init__(self, apply):
+    self.apply = apply
+
+  def __call__(self, x01):
+    return self.apply(2. * x01 - 1.)
+
+  def __hash__(self):
+    return hash(self.apply)
+
+  def __eq__(self, other):
+    return isinstance(other, _On01) and other.apply is self.apply
+
+
 def attack_and_save(folder: str, s) -> None:
   weights = dict(np.load(os.path.join(folder, "weights.npz")))
   variables = traverse_util.unflatten_dict(weights, sep="/")
   data = np.load(os.path.join(folder, "data.npz"))
   x, y = data["x"], data["y"]
-  logits_fn = functools.partial(make_model(s).apply, variables, train=False)
-  out = {"logits": np.asarray(jax.jit(logits_fn)(x))}
-  eps, norm = s["eps"], s["norm"]
+  apply = functools.partial(make_model(s).apply, variables, train=False)
+  out = {"logits": np.asarray(jax.jit(apply)(x))}
+  logits_fn = _On01(apply)
+  x = (x + 1.) / 2.  # torchattacks' [0, 1]
+  bounds = (0., 1.)
+  eps, norm = s["eps"] / 2., s["norm"]
   # torchattacks' settings: its AutoAttack builds APGD, APGD-T and FAB with
   # their default `steps` and Square with the rescaled p schedule.
   options = {"apgd-ce": {"num_steps": s["steps"]},
@@ -110,7 +135,9 @@ def attack_and_save(folder: str, s) -> None:
     begin = time.time()
     result = autoattack.autoattack(logits_fn, x, y, eps, norm=norm,
                                    rng=s["seed"], batch_size=s["num_images"],
-                                   **kwargs)
+                                   bounds=bounds, **kwargs)
+    out[f"in_bounds_{name}"] = bool(
+        result.images.min() >= 0. and result.images.max() <= 1.)
     out[f"seconds_{name}"] = time.time() - begin
     out[f"robust_{name}"] = result.robust
     print(f"advjax {name}: robust {result.robust.mean():.2%} in "
@@ -118,13 +145,15 @@ def attack_and_save(folder: str, s) -> None:
   print(result.summary(), flush=True)
 
   predict = jax.jit(lambda z: jnp.argmax(logits_fn(z), axis=-1))
-  out["robust_fgsm"] = np.asarray(
-      predict(attacks.fgsm(logits_fn, x, y, eps)) == y)
+  x_fgsm = attacks.fgsm(logits_fn, x, y, eps, bounds=bounds)
+  out["robust_fgsm"] = np.asarray(predict(x_fgsm) == y)
   # PGD with as many steps as each APGD run above.
   pgd = attacks.pgd(logits_fn, x, y, jax.random.key(s["seed"]), eps=eps,
                     step_size=2.5 * eps / s["steps"], num_steps=s["steps"],
-                    norm=norm)
+                    norm=norm, bounds=bounds)
   out["robust_pgd"] = np.asarray(predict(pgd) == y)
+  for name, adv in (("fgsm", x_fgsm), ("pgd", pgd)):
+    out[f"in_bounds_{name}"] = bool(jnp.min(adv) >= 0. and jnp.max(adv) <= 1.)
   np.savez(os.path.join(folder, "advjax.npz"), **out)
 
 

@@ -5,7 +5,9 @@ Fashion-MNIST for a few hundred steps; its weights go to torchattacks (in the
 separate torch venv made by `.ci/torch_env.sh`) through
 tests/torch_reference/autoattack_torchattacks.py, which builds the same
 network in PyTorch. Both sides attack the same 500 test images with the same
-settings and write per-point verdicts, compared here.
+settings and write per-point verdicts, compared here. Both attack the model
+on [0, 1] images (torchattacks' convention): ours with bounds=(0, 1) and eps
+in [0, 1] units, so every adversarial image must stay in [0, 1].
 
 Settings are torchattacks' own for its AutoAttack(version="standard"): APGD,
 APGD-T and FAB-T with 10 steps (the authors' code uses 100) and 9 target
@@ -139,6 +141,14 @@ def test_autoattack_is_at_least_as_strong_as_pgd_and_pgd_as_fgsm(verdicts):
       f"{k} {v:.2%}" for k, v in acc.items()))
   assert 0.05 < acc["autoattack"] <= acc["pgd"] <= acc["fgsm"] < clean.mean()
   assert not np.any(ours["robust_autoattack"] & ~clean)
+
+
+def test_attacks_with_bounds_0_1_keep_every_image_in_0_1(verdicts):
+  ours = verdicts["ours"]
+  flags = {k[len("in_bounds_"):]: bool(v) for k, v in ours.items()
+           if k.startswith("in_bounds_")}
+  assert set(flags) >= {*ATTACKS, "fgsm", "pgd"}
+  assert all(flags.values()), flags
 
 
 def test_the_torch_network_computes_the_same_logits(verdicts):

@@ -438,8 +438,7 @@ def test_fashion_mnist_folder_can_be_overridden(tmp_path, monkeypatch):
   parts = {"train": 7, "t10k": 3}
   raw = _fake_fashion_mnist(folder, parts)
   monkeypatch.setenv(ip.FASHION_MNIST_ENV, str(folder))
-  data_dir = tmp_path / "tfds"
-  data_dir.mkdir()
+  data_dir = tmp_path / "tfds" / "not yet made"  # prepare creates it
   ip.prepare("fashion_mnist", str(data_dir))
   for split, prefix in (("train", "train"), ("test", "t10k")):
     source = ip.get_source("fashion_mnist", split, str(data_dir))

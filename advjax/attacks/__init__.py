@@ -22,7 +22,12 @@ The classifier is passed as `logits_fn(x) -> logits` ([B, H, W, C] -> [B, K]),
 a closure over its variables, e.g.
 `functools.partial(model.apply, variables, train=False)`, so every attack
 differentiates with respect to the input only. Images are float32 NHWC in
-[-1, 1]; labels are int32 class indices of shape [B]. Every cross-entropy is
+[-1, 1] by default; every attack takes the valid input range as
+`bounds=(low, high)` (e.g. `bounds=(0, 1)` for a model on [0, 1] images),
+keeps its outputs in it, and measures eps in its units. Images outside the
+bounds are refused; a batch with no negative pixel under the default bounds
+gets a warning to pass `bounds=(0, 1)`. Labels are int32 class indices of
+shape [B]. Every cross-entropy is
 `losses.cross_entropy`, per example; an attack sums or averages it itself.
 
 All attacks are pure and jit-able. Shape checks run always (shapes are static
@@ -32,7 +37,9 @@ one-line `UserError` that says how to fix it.
 """
 
 from advjax.attacks import autoattack
-from advjax.attacks._common import NORMS, LogitsFn, check_attack_inputs
+from advjax.attacks._common import (DEFAULT_BOUNDS, NORMS, LogitsFn,
+                                    check_attack_inputs,
+                                    check_images_in_range)
 from advjax.attacks.gradient import fgsm, fgsm_least_likely, pgd
 from advjax.attacks.latent import unrestricted_attack
 from advjax.attacks.patch import (apply_patch, evaluate_patch,
@@ -40,7 +47,7 @@ from advjax.attacks.patch import (apply_patch, evaluate_patch,
 from advjax.attacks.transfer import transfer_attack
 
 __all__ = [
-    "LogitsFn", "NORMS", "apply_patch", "autoattack", "check_attack_inputs",
-    "evaluate_patch", "fgsm", "fgsm_least_likely", "pgd", "random_positions",
+    "DEFAULT_BOUNDS", "LogitsFn", "NORMS", "apply_patch", "autoattack",
+    "check_attack_inputs", "check_images_in_range", "evaluate_patch", "fgsm", "fgsm_least_likely", "pgd", "random_positions",
     "train_patch", "transfer_attack", "unrestricted_attack",
 ]

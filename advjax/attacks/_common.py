@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import re
+import warnings
 from typing import Any, Callable, Optional, Sequence
 
 import jax
@@ -63,16 +64,57 @@ def check_images(x) -> tuple[int, ...]:
   """The shape of `x`, a 4-D NHWC floating image batch; else UserError."""
   return check_float_batch(x, "attack input x", "x", 4,
                            "a 4-D NHWC image batch [B, H, W, C]", "image",
-                           " (float32 in [-1, 1])")
+                           " (float32 in the attack's bounds, by default "
+                           "[-1, 1])")
 
 
-def check_images_in_range(x) -> None:
-  """Concrete images must lie in [-1, 1], the library's convention."""
+# The library's input range: images are float32 in [-1, 1] unless an attack is
+# told otherwise with bounds=(low, high).
+DEFAULT_BOUNDS = (-1., 1.)
+
+
+def _fmt(v) -> str:
+  return f"{float(v):g}"
+
+
+def check_bounds(bounds) -> tuple[float, float]:
+  """`bounds` as a (low, high) pair of Python floats with low < high: the
+  valid input range an attack keeps its images in; else UserError. Bounds
+  are fixed when an attack is compiled (they cannot be traced)."""
+  try:
+    low, high = bounds
+    low, high = float(low), float(high)
+  except (TypeError, ValueError):
+    raise UserError(
+        f"bounds must be a (low, high) pair of numbers, the valid input range "
+        f"(e.g. bounds=(0, 1) for images in [0, 1]), got {bounds!r}.") from None
+  refuse_if(not low < high,
+            f"bounds must be (low, high) with low < high, got "
+            f"({_fmt(low)}, {_fmt(high)}).")
+  return low, high
+
+
+def check_images_in_range(x, bounds=DEFAULT_BOUNDS, stacklevel: int = 3):
+  """Concrete images must lie in `bounds` (default the library's [-1, 1]);
+  under the default bounds, a batch with no negative pixel (images in [0, 1],
+  most likely) gets a one-line warning that says to pass bounds=(0, 1).
+  Traced images are not inspected. Returns the bounds as floats."""
+  low, high = check_bounds(bounds)
   if is_concrete(x) and np.size(x):
     lo, hi = float(jnp.min(x)), float(jnp.max(x))
-    refuse_if(lo < -1 - 1e-5 or hi > 1 + 1e-5,
-              f"images must lie in [-1, 1] (the library's convention), got "
-              f"values in [{lo:.4g}, {hi:.4g}].")
+    tol = 1e-5 * (high - low) / 2
+    refuse_if(not (lo >= low - tol and hi <= high + tol),
+              f"images must lie in [{_fmt(low)}, {_fmt(high)}] (bounds="
+              f"({_fmt(low)}, {_fmt(high)})), got values in [{lo:.4g}, "
+              f"{hi:.4g}]; pass bounds=(low, high) with the range your model "
+              f"takes, e.g. bounds=(0, 1).")
+    if (low, high) == DEFAULT_BOUNDS and lo >= 0:
+      warnings.warn(
+          f"images look like [0, 1] (no negative pixel, values in "
+          f"[{lo:.4g}, {hi:.4g}]) but the attack assumes [-1, 1]; if the "
+          f"model takes [0, 1], pass bounds=(0, 1) (eps is in the units of "
+          f"bounds).", UserWarning, stacklevel=stacklevel)
+  return low, high
 
 
 def check_labels(y, batch_size: int, num_classes: Optional[int] = None, *,
@@ -170,12 +212,6 @@ def check_rng(rng, needed_by: str, alternative: str = "") -> None:
   refuse_if(rng is None,
             f"{needed_by} needs a PRNG key rng; pass jax.random.key(seed)"
             f"{' or ' + alternative if alternative else ''}.")
-
-
-def check_clip_range(clip_min, clip_max) -> None:
-  if is_concrete(clip_min, clip_max):
-    refuse_if(np.any(np.asarray(clip_min) > np.asarray(clip_max)),
-              f"clip_min must be <= clip_max, got [{clip_min}, {clip_max}].")
 
 
 def output_shape(fn: Callable, name: str, what: str, advice: str, *args):
@@ -300,9 +336,9 @@ def misclassified(logits, y):
   return jnp.argmax(logits, axis=-1) != y
 
 
-def on_sphere(rng, x, radius, norm: str):
+def on_sphere(rng, x, radius, norm: str, bounds=DEFAULT_BOUNDS):
   """A point on the sphere of the given per-example radius [B] around x,
-  clipped to [-1, 1]: the random start of APGD and FAB.
+  clipped to bounds (low, high): the random start of APGD and FAB.
 
   L-inf: radius * t / ||t||_inf, t ~ U[-1, 1]^d; L2: radius * t / ||t||_2,
   t ~ N(0, I).
@@ -311,7 +347,7 @@ def on_sphere(rng, x, radius, norm: str):
     t = jax.random.uniform(rng, x.shape, x.dtype, -1., 1.)
   else:
     t = jax.random.normal(rng, x.shape, x.dtype)
-  return jnp.clip(x + per_example(radius, x) * normalize(t, norm), -1., 1.)
+  return jnp.clip(x + per_example(radius, x) * normalize(t, norm), *bounds)
 
 
 # --- targets and restarts (AutoAttack's attacks) ------------------------------
@@ -358,13 +394,14 @@ def cascade_runs(num_runs: int, x, y, clean_logits, run_fn):
 
 
 def check_norm_ball_attack(logits_fn: LogitsFn, x, y, rng, eps, norm: str,
-                           min_classes: int = 2) -> int:
+                           min_classes: int = 2,
+                           bounds=DEFAULT_BOUNDS) -> int:
   """The checks of AutoAttack's attacks: those of `check_classifier_attack`,
-  a norm from NORMS, one eps for every image, images in [-1, 1] and a PRNG
+  a norm from NORMS, one eps for every image, images in `bounds` and a PRNG
   key. Returns the number of classes."""
   check_choice("norm", norm, NORMS)
   check_scalar("eps", eps, "the radius for every image")
   num_classes = check_classifier_attack(logits_fn, x, y, eps, min_classes)
-  check_images_in_range(x)
+  check_images_in_range(x, bounds, stacklevel=4)
   check_rng(rng, "the attack")
   return num_classes

@@ -25,15 +25,16 @@ APGD_LOSSES = ("ce", "dlr")
 APGD_MOMENTUM = 0.75
 
 
-def project_into_ball(x, x_adv, eps, norm: str):
-  """x + P_eps(x_adv - x), clipped to [-1, 1]; P is the projection onto the
-  L-inf box or L2 ball of radius eps."""
+def project_into_ball(x, x_adv, eps, norm: str,
+                      bounds=_common.DEFAULT_BOUNDS):
+  """x + P_eps(x_adv - x), clipped to bounds (low, high); P is the
+  projection onto the L-inf box or L2 ball of radius eps."""
   if norm == "linf":
-    return jnp.clip(jnp.clip(x_adv, x - eps, x + eps), -1., 1.)
+    return jnp.clip(jnp.clip(x_adv, x - eps, x + eps), *bounds)
   delta = x_adv - x
   length = per_example(per_example_norm(delta, "l2"), delta)
   delta = delta / (length + 1e-12) * jnp.minimum(eps, length)
-  return jnp.clip(x + delta, -1., 1.)
+  return jnp.clip(x + delta, *bounds)
 
 
 def _sorted_logits(logits):
@@ -140,7 +141,7 @@ def _loss_and_grad(logits_fn, loss_fn, x, y, target):
 
 
 def _apgd_run(logits_fn, loss_fn, norm, num_steps, x, y, target, x_start, eps,
-              rho):
+              rho, bounds):
   """One APGD run from x_start; returns (adversarial iterate, fooled, final
   step size).
 
@@ -171,9 +172,10 @@ def _apgd_run(logits_fn, loss_fn, norm, num_steps, x, y, target, x_start, eps,
     else:
       direction = normalize(s["grad"], "l2")
     z = project_into_ball(x, s["x"] + per_example(s["step"], x) * direction,
-                          eps, norm)
+                          eps, norm, bounds)
     x_new = project_into_ball(x, s["x"] + a * (z - s["x"])
-                              + (1. - a) * (s["x"] - s["x_prev"]), eps, norm)
+                              + (1. - a) * (s["x"] - s["x_prev"]), eps, norm,
+                              bounds)
     loss, logits, grad = _loss_and_grad(logits_fn, loss_fn, x_new, y, target)
     wrong = misclassified(logits, y)
     better = loss > s["loss_best"]
@@ -204,7 +206,7 @@ def _apgd_run(logits_fn, loss_fn, norm, num_steps, x, y, target, x_start, eps,
 
 
 def _apgd_core(logits_fn, loss_name, norm, num_steps, num_restarts,
-               num_targets, x, y, rng, eps, rho):
+               num_targets, bounds, x, y, rng, eps, rho):
   """APGD with restarts (untargeted: num_targets = 0) or APGD-T (one run per
   target rank k = 2 .. num_targets + 1 and restart)."""
   loss_fn = _APGD_LOSS_FNS[loss_name]
@@ -214,9 +216,9 @@ def _apgd_core(logits_fn, loss_name, norm, num_steps, num_restarts,
 
   def run(j):
     target = ranked[:, 1 + j // num_restarts] if num_targets else y
-    start = on_sphere(jax.random.fold_in(rng, j), x, radius, norm)
+    start = on_sphere(jax.random.fold_in(rng, j), x, radius, norm, bounds)
     return _apgd_run(logits_fn, loss_fn, norm, num_steps, x, y, target, start,
-                     eps, rho)
+                     eps, rho, bounds)
 
   images, success, step = cascade_runs(
       max(num_targets, 1) * num_restarts, x, y, clean_logits, run)
@@ -225,7 +227,8 @@ def _apgd_core(logits_fn, loss_name, norm, num_steps, num_restarts,
 
 def apgd(logits_fn: LogitsFn, x, y, rng, *, eps, norm: str = "linf",
          loss: str = "ce", num_steps: int = 100, num_restarts: int = 1,
-         rho: float = 0.75) -> dict[str, jax.Array]:
+         rho: float = 0.75,
+         bounds=_common.DEFAULT_BOUNDS) -> dict[str, jax.Array]:
   """Auto-PGD, untargeted (Croce & Hein 2020, Algorithm 1).
 
   Maximises the cross-entropy ("ce", APGD-CE) or the DLR loss ("dlr") of the
@@ -235,6 +238,10 @@ def apgd(logits_fn: LogitsFn, x, y, rng, *, eps, norm: str = "linf",
   points from their best iterate. Each of num_restarts runs (new random
   start) attacks only the points not yet broken.
 
+  bounds = (low, high) is the valid input range (default the library's
+  (-1, 1); bounds=(0, 1) for a model on [0, 1] images): x must lie in it,
+  every iterate is clipped to it, and eps is in its units.
+
   Returns a dict: 'images' (the first misclassified iterate found for broken
   points, x for the others), 'success' bool [B] (misclassified at 'images';
   points misclassified from the start count as broken), 'step_size' [B]
@@ -242,36 +249,39 @@ def apgd(logits_fn: LogitsFn, x, y, rng, *, eps, norm: str = "linf",
   """
   _common.check_choice("loss", loss, APGD_LOSSES)
   _common.check_norm_ball_attack(logits_fn, x, y, rng, eps, norm,
-                                 min_classes=3 if loss == "dlr" else 2)
+                                 min_classes=3 if loss == "dlr" else 2,
+                                 bounds=bounds)
   _common.check_in_unit_interval(rho=rho)
   return _common.maybe_jit(
-      _apgd_core, (0, 1, 2, 3, 4, 5), logits_fn, loss, norm,
+      _apgd_core, (0, 1, 2, 3, 4, 5, 6), logits_fn, loss, norm,
       _common.check_static_int("num_steps", num_steps, 0),
       _common.check_static_int("num_restarts", num_restarts, 1), 0,
-      jnp.asarray(x),
+      _common.check_bounds(bounds), jnp.asarray(x),
       jnp.asarray(y, jnp.int32), rng, jnp.asarray(eps, jnp.float32),
       jnp.asarray(rho, jnp.float32))
 
 
 def apgd_targeted(logits_fn: LogitsFn, x, y, rng, *, eps, norm: str = "linf",
                   num_steps: int = 100, num_restarts: int = 1,
-                  n_target_classes: int = 9,
-                  rho: float = 0.75) -> dict[str, jax.Array]:
+                  n_target_classes: int = 9, rho: float = 0.75,
+                  bounds=_common.DEFAULT_BOUNDS) -> dict[str, jax.Array]:
   """APGD-T: APGD on the targeted DLR loss (Croce & Hein 2020, Sec. 4).
 
   For k = 2 .. n_target_classes + 1 (capped at K classes) the target is the
   k-th most likely class of the clean image, and `targeted_dlr_loss` is
   maximised by APGD (same schedule as `apgd`), on the points not yet broken.
   A point counts as broken when it is misclassified (any wrong class). Needs
-  at least 4 classes. Returns what `apgd` returns.
+  at least 4 classes. bounds and eps as in `apgd`. Returns what `apgd`
+  returns.
   """
   num_classes = _common.check_norm_ball_attack(logits_fn, x, y, rng, eps, norm,
-                                               min_classes=4)
+                                               min_classes=4, bounds=bounds)
   _common.check_in_unit_interval(rho=rho)
   return _common.maybe_jit(
-      _apgd_core, (0, 1, 2, 3, 4, 5), logits_fn, "dlr-targeted", norm,
+      _apgd_core, (0, 1, 2, 3, 4, 5, 6), logits_fn, "dlr-targeted", norm,
       _common.check_static_int("num_steps", num_steps, 0),
       _common.check_static_int("num_restarts", num_restarts, 1),
-      count_targets(n_target_classes, num_classes), jnp.asarray(x),
+      count_targets(n_target_classes, num_classes),
+      _common.check_bounds(bounds), jnp.asarray(x),
       jnp.asarray(y, jnp.int32), rng, jnp.asarray(eps, jnp.float32),
       jnp.asarray(rho, jnp.float32))

@@ -34,8 +34,9 @@ live in `apgd.py`, `fab.py` and `square.py` of this package.
 Each attack is a pure function of a `logits_fn(x) -> logits` (as in
 `advjax.attacks`), jit-compiled with all its loops (iterations, restarts,
 target classes, queries) inside the compiled program. Images are float32 NHWC
-in [-1, 1]; eps is in those units (8/255 in [0, 1] units is 16/255 here);
-every iterate is clipped to [-1, 1]. The cascade in `autoattack` runs on the
+in [-1, 1] unless `bounds=(low, high)` says otherwise (bounds=(0, 1) for a
+model on [0, 1] images); eps is in the units of bounds (8/255 in [0, 1] units
+is 16/255 in [-1, 1]); every iterate is clipped to bounds. The cascade in `autoattack` runs on the
 host: between attacks it gathers the points still standing and pads them to a
 power-of-two bucket, so each compiled program is reused.
 """
@@ -43,6 +44,7 @@ power-of-two bucket, so each compiled program is reused.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -235,7 +237,8 @@ def autoattack(logits_fn: LogitsFn, x, y, eps, *, norm: str = "linf",
                version: str = "standard", rng=0, batch_size: int = 500,
                attacks: Sequence[str] | None = None,
                options: Mapping[str, Mapping[str, Any]] | None = None,
-               progress: bool = False) -> AutoAttackResult:
+               progress: bool = False,
+               bounds=_common.DEFAULT_BOUNDS) -> AutoAttackResult:
   """AutoAttack (Croce & Hein 2020): a cascade of attacks, per-point worst
   case.
 
@@ -248,17 +251,22 @@ def autoattack(logits_fn: LogitsFn, x, y, eps, *, norm: str = "linf",
   broken.
 
   Args:
-    logits_fn: images [B, H, W, C] in [-1, 1] -> logits [B, K]; hashable
+    logits_fn: images [B, H, W, C] in bounds -> logits [B, K]; hashable
       (e.g. a functools.partial of model.apply) so compiled programs are
       reused across chunks.
-    x: images [N, H, W, C] in [-1, 1] (numpy or jax).
+    x: images [N, H, W, C] in bounds (numpy or jax).
     y: int labels [N].
-    eps: radius in [-1, 1] units (8/255 of [0, 1] units is 16/255 here).
+    eps: radius in the units of bounds (8/255 of [0, 1] is 16/255 of
+      [-1, 1]).
     norm: "linf" or "l2".
     rng: an int seed or a PRNG key.
     options: per-attack keyword overrides, e.g.
       {"apgd-ce": {"num_steps": 10}, "square": {"num_queries": 1000}}.
     progress: show a tqdm bar per attack (only on process 0).
+    bounds: (low, high), the valid input range: x must lie in it and every
+      adversarial image stays in it. Default the library's (-1, 1); pass
+      bounds=(0, 1) for a model on [0, 1] images (as torchattacks and
+      RobustBench use), with eps in those units (e.g. 8/255).
 
   Returns:
     an `AutoAttackResult` (numpy arrays; see its fields and `summary()`).
@@ -278,7 +286,7 @@ def autoattack(logits_fn: LogitsFn, x, y, eps, *, norm: str = "linf",
   n = x.shape[0]
   if n == 0:
     raise UserError("autoattack got no images (N = 0).")
-  _common.check_images_in_range(x)
+  bounds = _common.check_images_in_range(x, bounds)
   num_classes = _common.count_classes(logits_fn, jnp.asarray(x[:1]))
   _common.check_attack_inputs(x, y, num_classes=num_classes)
   x = x.astype(np.float32)
@@ -295,16 +303,18 @@ def autoattack(logits_fn: LogitsFn, x, y, eps, *, norm: str = "linf",
   show = progress and jax.process_index() == 0
   for a, name in enumerate(attacks):
     fn, kwargs = _ATTACK_FNS[name]
-    kwargs = {**kwargs, **options.get(name, {})}
+    kwargs = {**kwargs, "bounds": bounds, **options.get(name, {})}
     todo = np.flatnonzero(robust)
     bar = None
     if show and len(todo):
       from tqdm import tqdm  # pylint: disable=g-import-not-at-top
       bar = tqdm(total=len(todo), desc=f"{name:8s}", unit="pt", leave=False)
     for c, (real, padded) in enumerate(_padded_chunks(todo, batch_size)):
-      out = fn(logits_fn, jnp.asarray(x[padded]), jnp.asarray(y[padded]),
-               jax.random.fold_in(jax.random.fold_in(key, a), c), eps=eps,
-               norm=norm, **kwargs)
+      with warnings.catch_warnings():  # The [0, 1] hint was given above.
+        warnings.simplefilter("ignore")
+        out = fn(logits_fn, jnp.asarray(x[padded]), jnp.asarray(y[padded]),
+                 jax.random.fold_in(jax.random.fold_in(key, a), c), eps=eps,
+                 norm=norm, **kwargs)
       adv = np.asarray(out["images"])[:len(real)]
       adv_pred = np.asarray(_common.maybe_jit(
           _predict_core, (0,), logits_fn, out["images"]))[:len(real)]

@@ -16,11 +16,13 @@ from advjax.attacks._common import (LogitsFn, cascade_runs, count_targets,
 
 
 
-def project_onto_hyperplane_in_box(t, w, b, norm: str):
-  """Smallest d (L-inf or L2) with w . (t + d) = b and t + d in [-1, 1]^D.
+def project_onto_hyperplane_in_box(t, w, b, norm: str,
+                                   bounds=_common.DEFAULT_BOUNDS):
+  """Smallest d (L-inf or L2) with w . (t + d) = b and t + d in the box
+  [low, high]^D, bounds = (low, high) (default [-1, 1]).
 
   t, w: [B, D]; b: [B]. With c = b - w . t, the minimiser is
-  d_i = clip(lam v_i, -1 - t_i, 1 - t_i) for v = sign(w) (L-inf) or v = w (L2)
+  d_i = clip(lam v_i, low - t_i, high - t_i) for v = sign(w) (L-inf) or v = w (L2)
   times sign(c), with the smallest lam >= 0 that reaches w . d = c: the
   left-hand side is piecewise linear and non-decreasing in lam, with a kink
   where each coordinate hits the box, so sorting the kinks finds lam exactly.
@@ -31,7 +33,8 @@ def project_onto_hyperplane_in_box(t, w, b, norm: str):
   w = w * jnp.where(c >= 0, 1., -1.)[:, None]  # now w . d must equal |c|
   c = jnp.abs(c)
   v = jnp.sign(w) if norm == "linf" else w
-  bound = jnp.where(w > 0, 1. - t, -1. - t)
+  low, high = bounds
+  bound = jnp.where(w > 0, high - t, low - t)
   moves = v != 0
   big = jnp.float32(1e30)
   kink = jnp.where(moves, bound / jnp.where(moves, v, 1.), big)
@@ -49,12 +52,12 @@ def project_onto_hyperplane_in_box(t, w, b, norm: str):
   lam = (c - jnp.take_along_axis(gain_before, k, -1)[:, 0]) / jnp.maximum(
       jnp.take_along_axis(slope_from, k, -1)[:, 0], 1e-30)
   lam = jnp.where(jnp.any(feasible, axis=-1), lam, big)
-  d = jnp.clip(lam[:, None] * v, -1. - t, 1. - t)
+  d = jnp.clip(lam[:, None] * v, low - t, high - t)
   return jnp.where(moves, d, 0.)
 
 
 def _fab_run(logits_fn, norm, num_steps, x, y, target, x_start, alpha_max, eta,
-             beta):
+             beta, bounds):
   """One FAB-T run; returns (smallest adversarial found, its norm (inf if
   none)).
 
@@ -80,13 +83,13 @@ def _fab_run(logits_fn, norm, num_steps, x, y, target, x_start, alpha_max, eta,
     b = jnp.sum(w * flatten_examples(x1), axis=-1) - g
     d = project_onto_hyperplane_in_box(
         jnp.concatenate([flatten_examples(x1), x0]), jnp.concatenate([w, w]),
-        jnp.concatenate([b, b]), norm)
+        jnp.concatenate([b, b]), norm, bounds)
     d1, d2 = d[:batch], d[batch:]
     a1 = jnp.maximum(per_example_norm(d1, norm), 1e-8)
     a2 = jnp.maximum(per_example_norm(d2, norm), 1e-8)
     alpha = jnp.clip(a1 / (a1 + a2), 0., alpha_max)[:, None]
     x1 = jnp.clip((flatten_examples(x1) + eta * d1) * (1. - alpha)
-                  + (x0 + eta * d2) * alpha, -1., 1.).reshape(x.shape)
+                  + (x0 + eta * d2) * alpha, *bounds).reshape(x.shape)
     wrong = misclassified(logits_fn(x1), y)
     dist = per_example_norm(x1 - x, norm)
     closer = wrong & (dist < best)
@@ -100,8 +103,8 @@ def _fab_run(logits_fn, norm, num_steps, x, y, target, x_start, alpha_max, eta,
   return adv, best
 
 
-def _fab_core(logits_fn, norm, num_steps, num_restarts, num_targets, x, y, rng,
-              eps, alpha_max, eta, beta):
+def _fab_core(logits_fn, norm, num_steps, num_restarts, num_targets, bounds, x,
+              y, rng, eps, alpha_max, eta, beta):
   clean_logits = logits_fn(x)
   ranked = ranked_classes(clean_logits)
   radius = jnp.full(y.shape, 0.5 * eps, jnp.float32)
@@ -110,10 +113,11 @@ def _fab_core(logits_fn, norm, num_steps, num_restarts, num_targets, x, y, rng,
     target = ranked[:, 1 + j // num_restarts]
     # The first run of each target starts at x; restarts at a random point
     # at distance eps / 2, as in the authors' code.
-    random_start = on_sphere(jax.random.fold_in(rng, j), x, radius, norm)
+    random_start = on_sphere(jax.random.fold_in(rng, j), x, radius, norm,
+                             bounds)
     start = jnp.where(j % num_restarts == 0, x, random_start)
     adv, best = _fab_run(logits_fn, norm, num_steps, x, y, target, start,
-                         alpha_max, eta, beta)
+                         alpha_max, eta, beta, bounds)
     return adv, best <= eps, best
 
   images, success, best = cascade_runs(num_targets * num_restarts, x, y,
@@ -124,7 +128,8 @@ def _fab_core(logits_fn, norm, num_steps, num_restarts, num_targets, x, y, rng,
 def fab_targeted(logits_fn: LogitsFn, x, y, rng, *, eps, norm: str = "linf",
                  num_steps: int = 100, num_restarts: int = 1,
                  n_target_classes: int = 9, alpha_max: float = 0.1,
-                 eta: float = 1.05, beta: float = 0.9) -> dict[str, jax.Array]:
+                 eta: float = 1.05, beta: float = 0.9,
+                 bounds=_common.DEFAULT_BOUNDS) -> dict[str, jax.Array]:
   """FAB-T, the targeted Fast Adaptive Boundary attack (Croce & Hein 2020).
 
   For each target rank k = 2 .. n_target_classes + 1 (the k-th most likely
@@ -133,16 +138,22 @@ def fab_targeted(logits_fn: LogitsFn, x, y, rng, *, eps, norm: str = "linf",
   perturbation that crosses the decision boundary; a point counts as broken
   when the smallest misclassified point found lies within eps.
 
+  bounds = (low, high) is the valid input range (default the library's
+  (-1, 1); bounds=(0, 1) for a model on [0, 1] images): x must lie in it,
+  every iterate stays in it, and eps is in its units.
+
   Returns a dict: 'images' (the first successful run's minimal adversarial
   image, x elsewhere), 'success' bool [B], 'distance' [B] (the norm of the
   last run's smallest adversarial perturbation, inf if it found none).
   """
-  num_classes = _common.check_norm_ball_attack(logits_fn, x, y, rng, eps, norm)
+  num_classes = _common.check_norm_ball_attack(logits_fn, x, y, rng, eps, norm,
+                                               bounds=bounds)
   _common.check_nonnegative(alpha_max=alpha_max, eta=eta, beta=beta)
   return _common.maybe_jit(
-      _fab_core, (0, 1, 2, 3, 4), logits_fn, norm,
+      _fab_core, (0, 1, 2, 3, 4, 5), logits_fn, norm,
       _common.check_static_int("num_steps", num_steps, 0),
       _common.check_static_int("num_restarts", num_restarts, 1),
-      count_targets(n_target_classes, num_classes), jnp.asarray(x),
+      count_targets(n_target_classes, num_classes),
+      _common.check_bounds(bounds), jnp.asarray(x),
       jnp.asarray(y, jnp.int32), rng, jnp.asarray(eps, jnp.float32),
       *(jnp.asarray(v, jnp.float32) for v in (alpha_max, eta, beta)))

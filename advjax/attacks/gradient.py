@@ -8,6 +8,8 @@ depend on the batch size (every step uses only its sign or its direction).
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 
@@ -16,9 +18,10 @@ from advjax.attacks import _common
 from advjax.attacks._common import LogitsFn, l2_norm_keepdims
 
 
-def _check(logits_fn, x, y, eps, clip_min, clip_max):
+def _check(logits_fn, x, y, eps, bounds):
+  """The checks of FGSM / PGD; returns bounds as (low, high) floats."""
   _common.check_classifier_attack(logits_fn, x, y, eps)
-  _common.check_clip_range(clip_min, clip_max)
+  return _common.check_images_in_range(x, bounds, stacklevel=4)
 
 
 def input_gradient(logits_fn: LogitsFn, x, y):
@@ -27,31 +30,35 @@ def input_gradient(logits_fn: LogitsFn, x, y):
 
 
 def fgsm(logits_fn: LogitsFn, x, y, eps, *, targeted: bool = False,
-         clip_min: float = -1., clip_max: float = 1.):
+         bounds=_common.DEFAULT_BOUNDS):
   """Fast Gradient Sign Method (Goodfellow, Shlens & Szegedy 2015).
 
   Untargeted (y = true label):   x' = clip(x + eps * sign(grad_x CE(f(x), y))).
   Targeted   (y = target label): x' = clip(x - eps * sign(grad_x CE(f(x), y))).
-  clip(.) clips to [clip_min, clip_max].
+  clip(.) clips to bounds = (low, high), the valid input range (default the
+  library's (-1, 1); bounds=(0, 1) for a model on [0, 1] images). x must lie
+  in bounds, and eps is in its units (8/255 of [0, 1] is 16/255 of [-1, 1]).
   """
-  _check(logits_fn, x, y, eps, clip_min, clip_max)
+  bounds = _check(logits_fn, x, y, eps, bounds)
   g = input_gradient(logits_fn, x, y)
   direction = -1. if targeted else 1.
   x_adv = x + direction * eps * jnp.sign(g).astype(x.dtype)
-  return jnp.clip(x_adv, clip_min, clip_max)
+  return jnp.clip(x_adv, *bounds)
 
 
 def fgsm_least_likely(logits_fn: LogitsFn, x, eps, *,
-                      clip_min: float = -1., clip_max: float = 1.):
+                      bounds=_common.DEFAULT_BOUNDS):
   """Least-likely-class FGSM (Kurakin, Goodfellow & Bengio 2016).
 
   y_LL = argmin_k f(x)_k;  x' = clip(x - eps * sign(grad_x CE(f(x), y_LL))),
-  i.e. a targeted FGSM step toward the class the model finds least likely.
+  i.e. a targeted FGSM step toward the class the model finds least likely;
+  bounds and eps as in `fgsm`.
   """
-  _check(logits_fn, x, None, eps, clip_min, clip_max)
+  bounds = _check(logits_fn, x, None, eps, bounds)
   y_ll = jnp.argmin(logits_fn(x), axis=-1).astype(jnp.int32)
-  return fgsm(logits_fn, x, y_ll, eps, targeted=True, clip_min=clip_min,
-              clip_max=clip_max)
+  with warnings.catch_warnings():  # _check has warned already.
+    warnings.simplefilter("ignore")
+    return fgsm(logits_fn, x, y_ll, eps, targeted=True, bounds=bounds)
 
 
 def project_perturbation(delta, eps, norm: str):
@@ -82,7 +89,7 @@ def uniform_in_ball(rng, x, eps, norm: str):
 
 def pgd(logits_fn: LogitsFn, x, y, rng, *, eps, step_size, num_steps: int,
         norm: str = "linf", targeted: bool = False, random_start: bool = True,
-        clip_min: float = -1., clip_max: float = 1.):
+        bounds=_common.DEFAULT_BOUNDS):
   """Projected Gradient Descent (Madry et al. 2018); BIM if random_start=False.
 
   Starting from x_0 = clip(x + delta_0) (delta_0 uniform in the eps-ball when
@@ -92,11 +99,13 @@ def pgd(logits_fn: LogitsFn, x, y, rng, *, eps, step_size, num_steps: int,
   with g_t = grad_x CE(f(x_t), y), a = +1 (untargeted, ascend the loss of the
   true label) or -1 (targeted, descend the loss of the target label), s =
   step_size, P_eps the per-example projection onto the L-inf box / L2 ball and
-  clip to [clip_min, clip_max]. The loop is a `lax.fori_loop`; `num_steps` is
-  a Python int (keep it static under jit).
+  clip to bounds = (low, high), the valid input range (default the library's
+  (-1, 1); bounds=(0, 1) for a model on [0, 1] images). x must lie in bounds;
+  eps and step_size are in its units. The loop is a `lax.fori_loop`;
+  `num_steps` is a Python int (keep it static under jit).
   """
   _common.check_choice("norm", norm, _common.NORMS)
-  _check(logits_fn, x, y, eps, clip_min, clip_max)
+  bounds = _check(logits_fn, x, y, eps, bounds)
   _common.check_nonnegative(step_size=step_size)
   _common.check_static_int("num_steps", num_steps, 0)
   if random_start:
@@ -108,7 +117,7 @@ def pgd(logits_fn: LogitsFn, x, y, rng, *, eps, step_size, num_steps: int,
     x0 = x + uniform_in_ball(rng, x, eps, norm)
   else:
     x0 = x
-  x0 = jnp.clip(x0, clip_min, clip_max)
+  x0 = jnp.clip(x0, *bounds)
 
   def body(_, x_adv):
     g = input_gradient(logits_fn, x_adv, y)
@@ -118,6 +127,6 @@ def pgd(logits_fn: LogitsFn, x, y, rng, *, eps, step_size, num_steps: int,
       step = g / jnp.maximum(l2_norm_keepdims(g), 1e-12)
     x_adv = x_adv + direction * step_size * step.astype(x.dtype)
     x_adv = x + project_perturbation(x_adv - x, eps, norm)
-    return jnp.clip(x_adv, clip_min, clip_max)
+    return jnp.clip(x_adv, *bounds)
 
   return jax.lax.fori_loop(0, num_steps, body, x0)

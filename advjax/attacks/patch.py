@@ -7,6 +7,8 @@ class wherever it is pasted; `apply_patch` pastes a patch at given positions,
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,15 +48,18 @@ def random_positions(rng, batch: int, image_hw, patch_hw):
   return jnp.stack([rows, cols], axis=-1).astype(jnp.int32)
 
 
-def apply_patch(images, patch, positions):
+def apply_patch(images, patch, positions, *, bounds=_common.DEFAULT_BOUNDS):
   """Pastes `patch` [ph, pw, C] into each image at its own position.
 
   positions: int [B, 2], the (row, col) of the patch's top-left corner in each
   image, with 0 <= row <= H - ph and 0 <= col <= W - pw. Pixels inside the
   patch region are replaced by the patch; all others are unchanged. The result
   is differentiable with respect to the patch (and the images outside it).
+  Concrete images and patch must lie in bounds = (low, high), the valid input
+  range (default the library's (-1, 1)), so the patched images do too.
   """
   _common.check_attack_inputs(images)
+  _check_in_bounds(images, patch, bounds)
   _, height, width, channels = jnp.shape(images)
   p_shape = jnp.shape(patch)
   if (len(p_shape) != 3 or p_shape[2] != channels or p_shape[0] > height
@@ -91,6 +96,22 @@ def apply_patch(images, patch, positions):
   return jax.vmap(paste)(images, positions)
 
 
+def _check_in_bounds(images, patch, bounds, stacklevel=4):
+  """Images and (when given) a patch must lie in bounds; see
+  `_common.check_images_in_range`."""
+  bounds = _common.check_images_in_range(images, bounds, stacklevel)
+  if patch is not None and _common.is_concrete(patch) and np.size(patch):
+    lo, hi = float(jnp.min(patch)), float(jnp.max(patch))
+    tol = 1e-5 * (bounds[1] - bounds[0]) / 2
+    if lo < bounds[0] - tol or hi > bounds[1] + tol:
+      raise UserError(
+          f"patch must lie in the images' range [{bounds[0]:g}, "
+          f"{bounds[1]:g}] (bounds), got values in [{lo:.4g}, {hi:.4g}]; "
+          f"clip it with jnp.clip(patch, {bounds[0]:g}, {bounds[1]:g}) or "
+          f"pass the bounds it was trained for.")
+  return bounds
+
+
 def _collect_images(images_iter_or_array):
   """An image array from an array, an {'image': ...} batch or an iterable.
 
@@ -120,18 +141,22 @@ def _collect_images(images_iter_or_array):
   return jnp.asarray(np.concatenate(batches, axis=0))
 
 
-def _train_patch_core(logits_fn, patch_hw, num_steps, batch_size, images,
-                      target_label, rng, learning_rate):
+def _train_patch_core(logits_fn, patch_hw, num_steps, batch_size, bounds,
+                      images, target_label, rng, learning_rate):
   """The compiled training loop of `train_patch` (inputs validated)."""
   num_images, height, width, channels = images.shape
   init_rng, loop_rng = jax.random.split(rng)
-  # patch = tanh(w) keeps the patch in [-1, 1] without clipping.
+  # patch = mid + half * tanh(w) keeps the patch in bounds without clipping
+  # (tanh(w) itself for the default [-1, 1]: mid 0, half 1).
+  mid, half = (bounds[0] + bounds[1]) / 2, (bounds[1] - bounds[0]) / 2
+  to_patch = (jnp.tanh if bounds == _common.DEFAULT_BOUNDS
+              else lambda w: mid + half * jnp.tanh(w))
   w = jax.random.uniform(init_rng, patch_hw + (channels,), jnp.float32, -1., 1.)
   opt = optax.adam(learning_rate)
   targets = jnp.full((batch_size,), target_label, jnp.int32)
 
   def loss_fn(w, x, positions):
-    x_patched = apply_patch(x, jnp.tanh(w), positions)
+    x_patched = apply_patch(x, to_patch(w), positions, bounds=bounds)
     return jnp.mean(losses.cross_entropy(logits_fn(x_patched), targets))
 
   def step(carry, t):
@@ -146,15 +171,18 @@ def _train_patch_core(logits_fn, patch_hw, num_steps, batch_size, images,
 
   (w, _), loss_history = jax.lax.scan(step, (w, opt.init(w)),
                                       jnp.arange(num_steps, dtype=jnp.int32))
-  return {"patch": jnp.tanh(w), "loss": loss_history}
+  return {"patch": to_patch(w), "loss": loss_history}
 
 
 def train_patch(logits_fn: LogitsFn, images_iter_or_array, target_label, rng,
                 *, patch_size, num_steps: int = 1000, learning_rate=0.05,
-                batch_size: int = 32) -> dict[str, jax.Array]:
+                batch_size: int = 32,
+                bounds=_common.DEFAULT_BOUNDS) -> dict[str, jax.Array]:
   """Trains one universal adversarial patch (Brown et al. 2017).
 
-  patch = tanh(w) (so it stays in [-1, 1]) minimises the expected
+  patch = mid + half * tanh(w) (so it stays in bounds = (low, high), mid and
+  half the centre and half-width of the range; tanh(w) for the default
+  [-1, 1]) minimises the expected
   CE(f(apply_patch(x, patch, p)), target) over training images x and
   uniformly random positions p, with Adam(learning_rate) on w. Each of the
   num_steps steps samples batch_size images (with replacement) and positions
@@ -163,17 +191,20 @@ def train_patch(logits_fn: LogitsFn, images_iter_or_array, target_label, rng,
 
   Args:
     logits_fn: images -> logits [B, K].
-    images_iter_or_array: training images [N, H, W, C] in [-1, 1], or an
+    images_iter_or_array: training images [N, H, W, C] in bounds, or an
       iterable of batches (collected into one array first).
     target_label: the class the patch should make f predict.
     rng: PRNG key (patch init, image and position sampling).
     patch_size: int or (height, width) of the patch.
+    bounds: (low, high), the valid input range of the model (default the
+      library's (-1, 1); bounds=(0, 1) for a model on [0, 1] images).
 
   Returns:
-    {'patch': [ph, pw, C] in [-1, 1], 'loss': [num_steps] training losses}.
+    {'patch': [ph, pw, C] in bounds, 'loss': [num_steps] training losses}.
   """
   images = _collect_images(images_iter_or_array)
   _common.check_attack_inputs(images)
+  bounds = _check_in_bounds(images, None, bounds)
   num_images, height, width, _ = images.shape
   if num_images == 0:
     raise UserError("train_patch got no images (N = 0).")
@@ -184,21 +215,24 @@ def train_patch(logits_fn: LogitsFn, images_iter_or_array, target_label, rng,
   _common.check_rng(rng, "train_patch")
   _common.check_class_index("target_label", target_label,
                             _common.count_classes(logits_fn, images[:1]))
-  return _common.maybe_jit(_train_patch_core, (0, 1, 2, 3), logits_fn,
-                           patch_hw, int(num_steps), int(batch_size), images,
+  return _common.maybe_jit(_train_patch_core, (0, 1, 2, 3, 4), logits_fn,
+                           patch_hw, int(num_steps), int(batch_size), bounds,
+                           images,
                            jnp.asarray(target_label, jnp.int32), rng,
                            jnp.asarray(learning_rate, jnp.float32))
 
 
 def evaluate_patch(logits_fn: LogitsFn, images, patch, target_label, rng, *,
-                   labels=None) -> jax.Array:
+                   labels=None, bounds=_common.DEFAULT_BOUNDS) -> jax.Array:
   """Fraction of images classified as target_label with the patch applied.
 
   The patch goes to a uniformly random position in each image. With labels,
   images whose true label already is the target are left out (they say
-  nothing about the patch); NaN if no image is left.
+  nothing about the patch); NaN if no image is left. Images and patch must
+  lie in bounds = (low, high), the valid input range (default (-1, 1)).
   """
   _common.check_attack_inputs(images)
+  bounds = _check_in_bounds(images, patch, bounds)
   num_classes = _common.count_classes(logits_fn, images)
   _common.check_class_index("target_label", target_label, num_classes)
   if labels is not None:
@@ -209,7 +243,9 @@ def evaluate_patch(logits_fn: LogitsFn, images, patch, target_label, rng, *,
   if len(p_shape) != 3:
     raise UserError(f"patch must have shape [ph, pw, C], got {tuple(p_shape)}.")
   positions = random_positions(rng, batch, (height, width), p_shape[:2])
-  patched = apply_patch(images, patch, positions)
+  with warnings.catch_warnings():  # Checked above.
+    warnings.simplefilter("ignore")
+    patched = apply_patch(images, patch, positions, bounds=bounds)
   hit = jnp.argmax(logits_fn(patched), axis=-1) == target_label
   if labels is None:
     return jnp.mean(hit.astype(jnp.float32))

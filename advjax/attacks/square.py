@@ -104,13 +104,13 @@ def _place(patterns, top, left, height, width):
   return jax.vmap(one)(patterns, top, left)[..., None]
 
 
-def _square_init(rng, x, eps, norm):
+def _square_init(rng, x, eps, norm, bounds):
   """Starting point: vertical stripes of +-eps (L-inf), or a 5 x 5 grid of
   windows with random signs rescaled to L2 norm eps (L2)."""
   batch, height, width, channels = x.shape
   if norm == "linf":
     signs = jax.random.rademacher(rng, (batch, 1, width, channels), x.dtype)
-    return jnp.clip(x + eps * signs, -1., 1.)
+    return jnp.clip(x + eps * signs, *bounds)
   s = height // 5
   start = (height - 5 * s) // 2
   pattern = jnp.asarray(square_l2_window(s))
@@ -127,10 +127,10 @@ def _square_init(rng, x, eps, norm):
       signs = jax.random.rademacher(sign_key, (batch, 1, 1, channels), x.dtype)
       block = p[None, :, :, None] * signs
       delta = delta.at[:, r:r + s, c:c + s, :].add(block)
-  return jnp.clip(x + eps * normalize(delta, "l2"), -1., 1.)
+  return jnp.clip(x + eps * normalize(delta, "l2"), *bounds)
 
 
-def _square_proposal(rng, x, x_best, eps, norm, size, pattern):
+def _square_proposal(rng, x, x_best, eps, norm, size, pattern, bounds):
   """One random-search proposal (Andriushchenko et al. 2020, Algorithms 2-3).
 
   L-inf: a size x size window (random position per image) of each channel is
@@ -148,7 +148,7 @@ def _square_proposal(rng, x, x_best, eps, norm, size, pattern):
   signs = jax.random.rademacher(keys[2], (batch, 1, 1, channels), x.dtype)
   if norm == "linf":
     x_new = jnp.where(window, x_best + 2. * eps * signs, x_best)
-    return jnp.clip(jnp.clip(x_new, x - eps, x + eps), -1., 1.)
+    return jnp.clip(jnp.clip(x_new, x - eps, x + eps), *bounds)
   delta = x_best - x
   top2 = jax.random.randint(keys[3], (batch,), 0, height - size + 1)
   left2 = jax.random.randint(keys[4], (batch,), 0, width - size + 1)
@@ -167,10 +167,10 @@ def _square_proposal(rng, x, x_best, eps, norm, size, pattern):
                          + jnp.square(channel_norm(delta * (window | window2))))
   new = new / (1e-12 + channel_norm(new * window)) * target_norm
   delta = jnp.where(window, new, jnp.where(window2, 0., delta))
-  return jnp.clip(x + eps * normalize(delta, "l2"), -1., 1.)
+  return jnp.clip(x + eps * normalize(delta, "l2"), *bounds)
 
 
-def _square_run(logits_fn, norm, sizes, patterns, x, y, rng, eps):
+def _square_run(logits_fn, norm, sizes, patterns, x, y, rng, eps, bounds):
   """One Square Attack run: random search on the margin loss; a proposal is
   kept if it lowers the loss or misclassifies. Points stop once broken; the
   loop stops when all are. sizes [Q]: window side per iteration; patterns
@@ -178,7 +178,7 @@ def _square_run(logits_fn, norm, sizes, patterns, x, y, rng, eps):
   (x_best, broken, queries used)."""
   num_queries = sizes.shape[0]
   init_rng, loop_rng = jax.random.split(rng)
-  x_best = _square_init(init_rng, x, eps, norm)
+  x_best = _square_init(init_rng, x, eps, norm, bounds)
   margin = logit_margin(logits_fn(x_best), y)
   queries = jnp.ones(y.shape, jnp.float32)
 
@@ -190,7 +190,7 @@ def _square_run(logits_fn, norm, sizes, patterns, x, y, rng, eps):
     i, x_best, margin, queries = c
     active = margin > 0
     x_new = _square_proposal(jax.random.fold_in(loop_rng, i), x, x_best, eps,
-                             norm, sizes[i], patterns(i))
+                             norm, sizes[i], patterns(i), bounds)
     m = logit_margin(logits_fn(x_new), y)
     accept = active & ((m < margin) | (m <= 0))
     x_best = jnp.where(per_example(accept, x), x_new, x_best)
@@ -217,7 +217,7 @@ def _square_patterns(sizes, norm: str, side: int):
 
 
 def _square_core(logits_fn, norm, num_queries, num_restarts, p_init,
-                 rescale_schedule, x, y, rng, eps):
+                 rescale_schedule, bounds, x, y, rng, eps):
   _, height, width, _ = x.shape
   sizes = square_sizes(num_queries, height, width, norm, p_init,
                        rescale_schedule)
@@ -226,7 +226,7 @@ def _square_core(logits_fn, norm, num_queries, num_restarts, p_init,
 
   def run(j):
     return _square_run(logits_fn, norm, sizes, patterns, x, y,
-                       jax.random.fold_in(rng, j), eps)
+                       jax.random.fold_in(rng, j), eps, bounds)
 
   images, success, queries = cascade_runs(num_restarts, x, y, logits_fn(x),
                                           run)
@@ -235,8 +235,8 @@ def _square_core(logits_fn, norm, num_queries, num_restarts, p_init,
 
 def square(logits_fn: LogitsFn, x, y, rng, *, eps, norm: str = "linf",
            num_queries: int = 5000, p_init: float = 0.8,
-           num_restarts: int = 1,
-           rescale_schedule: bool = False) -> dict[str, jax.Array]:
+           num_restarts: int = 1, rescale_schedule: bool = False,
+           bounds=_common.DEFAULT_BOUNDS) -> dict[str, jax.Array]:
   """Square Attack (Andriushchenko et al. 2020), score-based black box.
 
   Random search on the margin loss z_y - max_{i != y} z_i: each iteration
@@ -247,6 +247,10 @@ def square(logits_fn: LogitsFn, x, y, rng, *, eps, norm: str = "linf",
   iteration per image still standing, up to num_queries (plus one for the
   starting point).
 
+  bounds = (low, high) is the valid input range (default the library's
+  (-1, 1); bounds=(0, 1) for a model on [0, 1] images): x must lie in it,
+  every proposal is clipped to it, and eps is in its units.
+
   Returns a dict: 'images' (adversarial for broken points, x elsewhere),
   'success' bool [B], 'queries' [B] (queries used in the last run).
   """
@@ -255,12 +259,13 @@ def square(logits_fn: LogitsFn, x, y, rng, *, eps, norm: str = "linf",
   if norm == "l2" and min(height, width) < 5:
     raise UserError(f"the L2 Square Attack needs images of at least 5x5 "
                     f"pixels, got {height}x{width}.")
-  _common.check_norm_ball_attack(logits_fn, x, y, rng, eps, norm)
+  _common.check_norm_ball_attack(logits_fn, x, y, rng, eps, norm,
+                                 bounds=bounds)
   if not isinstance(p_init, (float, int)) or not 0 < p_init <= 1:
     raise UserError(f"p_init must be a number in (0, 1], got {p_init!r}.")
   return _common.maybe_jit(
-      _square_core, (0, 1, 2, 3, 4, 5), logits_fn, norm,
+      _square_core, (0, 1, 2, 3, 4, 5, 6), logits_fn, norm,
       _common.check_static_int("num_queries", num_queries, 1),
       _common.check_static_int("num_restarts", num_restarts, 1), float(p_init),
-      bool(rescale_schedule), jnp.asarray(x), jnp.asarray(y, jnp.int32), rng,
-      jnp.asarray(eps, jnp.float32))
+      bool(rescale_schedule), _common.check_bounds(bounds), jnp.asarray(x),
+      jnp.asarray(y, jnp.int32), rng, jnp.asarray(eps, jnp.float32))

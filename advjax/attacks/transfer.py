@@ -8,6 +8,7 @@ asked for predictions.
 from __future__ import annotations
 
 import inspect
+import warnings
 from typing import Any, Callable
 
 import jax
@@ -75,6 +76,10 @@ def transfer_attack(attack_fn: Callable[..., jax.Array],
   it is never traced or differentiated (under jit it runs through
   `jax.pure_callback`).
 
+  The valid input range travels to the attack in attack_kwargs as
+  `bounds=(low, high)` (default the library's (-1, 1); e.g. bounds=(0, 1) for
+  models on [0, 1] images, with eps in those units); x is checked against it.
+
   Errors are fractions of examples whose prediction != y. For a targeted
   attack (targeted=True, y = target labels) 1 - error is the targeted success
   rate.
@@ -84,10 +89,14 @@ def transfer_attack(attack_fn: Callable[..., jax.Array],
     'substitute_error_adv'.
   """
   _common.check_attack_inputs(x, y)
-  if _takes_labels(attack_fn):
-    x_adv = attack_fn(substitute_logits_fn, x, y, **attack_kwargs)
-  else:
-    x_adv = attack_fn(substitute_logits_fn, x, **attack_kwargs)
+  _common.check_images_in_range(
+      x, attack_kwargs.get("bounds", _common.DEFAULT_BOUNDS))
+  with warnings.catch_warnings():  # The [0, 1] hint was given above.
+    warnings.simplefilter("ignore")
+    if _takes_labels(attack_fn):
+      x_adv = attack_fn(substitute_logits_fn, x, y, **attack_kwargs)
+    else:
+      x_adv = attack_fn(substitute_logits_fn, x, **attack_kwargs)
   y = jnp.asarray(y)
 
   def error(pred):

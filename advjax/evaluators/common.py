@@ -175,10 +175,62 @@ def checkpoint_digest(workdir: str, step: int, state: Any = None) -> str:
   return h.hexdigest()[:16]
 
 
+class ArrayModel:
+  """A model outside advjax as an evaluator's classifier: any `logits_fn`
+  (images [B, H, W, C] in `bounds` -> logits [B, K]) with its test images
+  and labels as arrays. `evaluate.report_model` builds one; evaluators read
+  it as they read a restored run (`logits_fn()`, `predict`, `eval_data`),
+  and its provenance names it and digests the arrays it was given."""
+
+  def __init__(self, logits_fn: Callable, images: Any, labels: Any, *,
+               bounds: tuple[float, float] = (-1., 1.), name: str = "model"):
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    images, labels = np.asarray(images), np.asarray(labels)
+    if images.ndim != 4 or not np.issubdtype(images.dtype, np.floating):
+      raise UserError(f"images must be a float array [N, H, W, C] (NHWC), "
+                      f"got {images.dtype} of shape {images.shape}")
+    if labels.shape != images.shape[:1] or not np.issubdtype(
+        labels.dtype, np.integer):
+      raise UserError(f"labels must be {len(images)} integers (one per "
+                      f"image), got {labels.dtype} of shape {labels.shape}")
+    self.images = images.astype(np.float32)
+    self.labels = labels.astype(np.int32)
+    self.bounds = (float(bounds[0]), float(bounds[1]))
+    self.name = str(name)
+    self._logits_fn = logits_fn
+    self._predict = jax.jit(lambda x: jnp.argmax(logits_fn(x), axis=-1))
+
+  def logits_fn(self) -> Callable:
+    return self._logits_fn
+
+  def predict(self, images: Any) -> np.ndarray:
+    return np.asarray(self._predict(images))
+
+  def batches(self, num_examples: int, batch_size: int
+              ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    n = len(self.labels) if num_examples <= 0 else min(num_examples,
+                                                       len(self.labels))
+    for lo in range(0, n, batch_size):
+      hi = min(lo + batch_size, n)
+      yield self.images[lo:hi], self.labels[lo:hi]
+
+  def record(self) -> dict[str, Any]:
+    h = hashlib.sha256()
+    for a in (self.images, self.labels):
+      h.update(str(a.shape).encode())
+      h.update(np.ascontiguousarray(a).tobytes())
+    return {"model": self.name, "bounds": list(self.bounds),
+            "data_digest": h.hexdigest()[:16], "num_images": len(self.labels)}
+
+
 def run_record(run: inference.Run | None) -> dict[str, Any] | None:
-  """{'workdir', 'step', 'digest'} of a restored run (None for None)."""
+  """{'workdir', 'step', 'digest'} of a restored run (None for None); an
+  `ArrayModel`'s own record."""
   if run is None:
     return None
+  if isinstance(run, ArrayModel):
+    return run.record()
   cached = getattr(run, "_advjax_record", None)
   if cached is None:
     cached = {"workdir": str(run.workdir), "step": int(run.step),
@@ -241,7 +293,10 @@ def eval_data(restored: inference.Run, num_examples: int,
               batch_size: int, split: str | None = None
               ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """(images, labels) batches of the run's test split (or `split`), first
-  `num_examples` (all if <= 0), in order."""
+  `num_examples` (all if <= 0), in order (an `ArrayModel`: its arrays)."""
+  if isinstance(restored, ArrayModel):
+    yield from restored.batches(num_examples, batch_size)
+    return
   info = input_pipeline.get_dataset_info(restored.config.dataset.name)
   source = data_source(restored, split or info.eval_split)
   n = len(source) if num_examples <= 0 else min(num_examples, len(source))

@@ -25,17 +25,25 @@ class Settings:
   """eps: budgets in [-1, 1] pixel units, a row each; attacks: norm-bounded
   adversaries, a column each (empty: all); attack: {name: {field: value}}
   over each adversary's evaluation settings (`--attack.<name>.<field>`);
-  num_examples: first test images (<= 0: all); seed: of random starts."""
+  num_examples: first test images (<= 0: all); seed: of random starts;
+  bounds: (low, high), the classifier's valid input range, which every
+  attack keeps its images in, in whose units eps is (the library's (-1, 1);
+  (0, 1) for a model on [0, 1] images, see `evaluate.report_model`)."""
   eps: tuple = (0.02, 0.05, 0.1)
   attacks: tuple = ()
   attack: dict = dataclasses.field(default_factory=dict)
   num_examples: int = 1000
   batch_size: int = 250
   seed: int = 0
+  bounds: tuple = (-1.0, 1.0)
 
   def __post_init__(self):
     if self.batch_size <= 0:
       raise UserError(f"batch_size must be > 0, got {self.batch_size}")
+    if len(self.bounds) != 2 or not float(self.bounds[0]) < float(
+        self.bounds[1]):
+      raise UserError(f"bounds must be (low, high) with low < high, got "
+                      f"{tuple(self.bounds)}")
 
   def names(self) -> list[str]:
     return list(self.attacks) or default_attacks()
@@ -46,7 +54,7 @@ def resolved(s: Settings) -> dict[str, Any]:
   settings in full (eps is the row's)."""
   return {"eps": [float(e) for e in s.eps], "attacks": s.names(),
           "num_examples": s.num_examples, "batch_size": s.batch_size,
-          "seed": s.seed,
+          "seed": s.seed, "bounds": [float(b) for b in s.bounds],
           "attack": {n: attack_settings(n, s.attack.get(n))
                      for n in s.names()}}
 
@@ -93,15 +101,17 @@ def robustness(classifier: inference.Classifier, *, eps_list: Sequence[float],
                attack_settings: Mapping[str, Any] | None = None,
                num_examples: int = 1000, batch_size: int = 250,
                substitute: inference.Classifier | None = None,
-               seed: int = 0) -> dict[str, Any]:
+               seed: int = 0,
+               bounds: tuple[float, float] = (-1., 1.)) -> dict[str, Any]:
   """Clean accuracy, accuracy under each attack at each eps, and transfer
   error if asked.
 
   `attack_names` are norm-bounded adversaries of `advjax.adversaries`
   (default: all); `attack_settings[name]` overrides fields of that
-  adversary's evaluation settings (eps comes from `eps_list`, in the
-  pipeline's [-1, 1] units). The transfer error is that of FGSM examples
-  crafted on `substitute` (Papernot et al. 2017).
+  adversary's evaluation settings (eps comes from `eps_list`, in the units
+  of `bounds`, the valid input range: the pipeline's [-1, 1] by default).
+  The transfer error is that of FGSM examples crafted on `substitute`
+  (Papernot et al. 2017).
   """
   names = list(attack_names if attack_names is not None
                else default_attacks())
@@ -114,7 +124,8 @@ def robustness(classifier: inference.Classifier, *, eps_list: Sequence[float],
   if any(not np.isfinite(e) or e < 0 for e in eps_list):
     raise UserError(f"eps must be finite and >= 0, got {list(eps_list)}")
   attack_settings = dict(attack_settings or {})
-  target = adversaries.Target(classifier.logits_fn())
+  bounds = (float(bounds[0]), float(bounds[1]))
+  target = adversaries.Target(classifier.logits_fn(), bounds=bounds)
   crafted = {}
   for e in eps_list:
     for entry in entries:
@@ -157,9 +168,11 @@ def robustness(classifier: inference.Classifier, *, eps_list: Sequence[float],
       if substitute_logits is not None:
         transfer[e] += n * float(attacks.transfer_attack(
             attacks.fgsm, substitute_logits, classifier.predict, x, y,
-            eps=e)["target_error_adv"])
+            eps=e, bounds=bounds)["target_error_adv"])
       if b == 0:
-        examples[e] = shown
+        # Shown in the library's [-1, 1] (what the image writer takes).
+        examples[e] = [(2 * (v - bounds[0]) / (bounds[1] - bounds[0]) - 1)
+                       for v in shown]
   bar.close()
   total = max(count, 1)
   rows = []
@@ -181,7 +194,8 @@ def robustness(classifier: inference.Classifier, *, eps_list: Sequence[float],
           for entry in entries} if eps_list else {}
   return {"num_examples": count, "clean_accuracy": clean / total,
           "attacks": names, "labels": {en.name: en.label for en in entries},
-          "settings": used, "rows": rows, "examples": examples}
+          "settings": used, "rows": rows, "examples": examples,
+          "bounds": list(bounds)}
 
 
 def _as_json(settings: Any) -> dict[str, Any]:
@@ -200,8 +214,9 @@ def robustness_markdown(result: dict[str, Any]) -> str:
       f"{result['labels'][n]}: " + ", ".join(
           f"{k} {v}" for k, v in result["settings"].get(n, {}).items())
       for n in names if result["settings"].get(n))
+  low, high = result.get("bounds", (-1., 1.))
   lines = [f"Clean accuracy: {100 * clean:.2f}% on {result['num_examples']} "
-           f"test images (eps in [-1, 1] pixel units"
+           f"test images (eps in [{low:g}, {high:g}] pixel units"
            + (f"; {described})" if described else ")"), "",
            "| eps | " + " | ".join(f"{l} accuracy" for l in labels)
            + (" | drop vs clean |" if names else "")
@@ -272,7 +287,8 @@ def run(s: Settings, inputs: common.Inputs) -> dict[str, Any]:
   result = robustness(inputs.classifier, eps_list=[float(e) for e in s.eps],
                       attack_names=s.names(), attack_settings=s.attack,
                       num_examples=s.num_examples, batch_size=s.batch_size,
-                      substitute=inputs.substitute, seed=s.seed)
+                      substitute=inputs.substitute, seed=s.seed,
+                      bounds=tuple(s.bounds))
   result["provenance"] = common.provenance(
       resolved(s), classifier=inputs.classifier, substitute=inputs.substitute)
   return result

@@ -514,8 +514,10 @@ def classifier_accuracy_on_samples(generate, g_params, g_state,
                                    seed: int, dim: int,
                                    batch_size: int = 500) -> float:
   """How often a trained classifier gives the conditioning class of a
-  sample."""
-  labels = np.repeat(np.arange(num_classes), per_class).astype(np.int32)
+  sample: `per_class` samples of each class, labelled as every GAN
+  evaluation labels them (`evaluators.common.balanced_labels`)."""
+  labels = evaluators.common.balanced_labels(num_classes * per_class,
+                                             num_classes)
   correct = 0
   key = jax.random.key(seed)
   for start in range(0, len(labels), batch_size):
