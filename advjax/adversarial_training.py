@@ -63,13 +63,53 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from advjax import adversaries, frozen_models, inference, losses
+import numpy as np
+
+from advjax import adversaries, frozen_models, inference, input_pipeline, losses
 from advjax import settings as settings_lib
 from advjax.errors import UserError
+from advjax.models import gans
 
 SECTION = "adversarial_training"
+GENERATED_SOURCES = ("gan", "unrestricted", "gaussian")
+GENERATED_LABELS = ("uniform", "real")
 
 
+@dataclasses.dataclass(frozen=True)
+class GeneratedSettings:
+  """`adversarial_training.generated`: generated images in every batch,
+  trained on with the mode's adversarial loss like the real ones (the recipe
+  of Gowal et al. 2021, "Improving Robustness using Generated Data", and
+  Rebuffi et al. 2021, "Data Augmentation Can Improve Robustness": about 70%
+  generated, 30% real images per batch, with TRADES or PGD-AT).
+
+  source: '' (off), 'gan' (samples G(z, y) of the frozen AC-GAN of
+  `gan_workdir`, its EMA generator when kept and `gan_ema`), 'unrestricted'
+  (Song et al.'s unrestricted adversarial examples of that GAN against the
+  current classifier, with the `unrestricted` block's settings), or
+  'gaussian' (a class-conditional Gaussian with per-pixel mean and standard
+  deviation fitted once to the training images, clipped to [-1, 1]: Gowal et
+  al.'s simplest baseline for generated data).
+  fraction: of each device's batch, rounded: the last examples of the
+  batch are replaced (the mode crafts from the first ones, so with prop < 1
+  the crafted part is real images first).
+  labels: 'uniform' (classes drawn uniformly) or 'real' (the labels of the
+  real examples they replace: the training set's class frequencies).
+  label_smoothing: of the generated examples' targets only.
+  """
+  source: str = ""
+  fraction: float = 0.7
+  labels: str = "uniform"
+  label_smoothing: float = 0.0
+
+  def __post_init__(self):
+    if self.source:
+      settings_lib.check_choice(self, "source", GENERATED_SOURCES)
+    settings_lib.check_choice(self, "labels", GENERATED_LABELS)
+    settings_lib.check_in_unit_interval(self, "fraction", "label_smoothing")
+
+
+@settings_lib.register(SECTION)
 @dataclasses.dataclass(frozen=True)
 class Settings:
   """The mixing of clean and crafted examples (see the module docstring).
@@ -87,12 +127,36 @@ class Settings:
   gan_ema: bool = True
   overfit_check_examples: int = 256
   overfit_warn_fraction: float = 0.5
+  generated: GeneratedSettings = settings_lib.block_field(GeneratedSettings)
 
   def __post_init__(self):
     settings_lib.check_choice(self, "mode", adversaries.training_modes())
     settings_lib.check_in_unit_interval(self, "prop", "overfit_warn_fraction")
     settings_lib.check_nonnegative(self, "adv_weight",
                                    "overfit_check_examples")
+
+
+def split_mode(name: str) -> tuple[str, str]:
+  """(mode, generated source) of a mode name that may add generated data:
+  'trades' -> ('trades', ''), 'trades+gan' -> ('trades', 'gan') (the
+  study's rows and config arguments use this form); else UserError."""
+  mode, _, source = str(name).partition("+")
+  if mode not in adversaries.training_modes():
+    raise UserError(f"mode {mode!r} is not one of "
+                    f"{adversaries.training_modes()}")
+  if source and (source not in GENERATED_SOURCES or mode == "none"):
+    raise UserError(f"mode {name!r}: after '+' comes the generated data of "
+                    f"a training mode, one of {list(GENERATED_SOURCES)} "
+                    f"(e.g. trades+gan)")
+  return mode, source
+
+
+def uses_gan(name: str) -> bool:
+  """Whether training in mode `name` ('pgd', 'trades+gan', ...) reads the
+  frozen GAN of `gan_workdir`."""
+  mode, source = split_mode(name)
+  return (mode != "none" and adversaries.get(mode).uses_gan) or source in (
+      "gan", "unrestricted")
 
 
 def default_block(mode: str = "none", **fields: Any
@@ -116,6 +180,9 @@ class Plan:
   generator: Any = None
   discriminator: Any = None
   latent_dim: int = 0
+  num_classes: int = 0
+  # The `unrestricted` settings when generated data comes from that attack.
+  unrestricted_settings: Any = None
 
   @property
   def loss(self) -> Callable[..., jax.Array] | None:
@@ -135,6 +202,13 @@ class Plan:
     """Crafted examples among a device's `batch_size`: round(prop * b)."""
     return int(math.floor(self.settings.prop * batch_size + 0.5))
 
+  def num_generated(self, batch_size: int) -> int:
+    """Generated examples among a device's `batch_size` (0 when off)."""
+    g = self.settings.generated
+    if not g.source:
+      return 0
+    return int(math.floor(g.fraction * batch_size + 0.5))
+
   def num_clean(self, batch_size: int) -> int:
     """Clean examples left in a device's batch."""
     if self.settings.replace:
@@ -146,7 +220,7 @@ class Plan:
              ) -> adversaries.Target:
     """The adversary's target: the classifier, the frozen GAN, and the
     device axis (`axis_name`) of the data-parallel step it runs in."""
-    if not self.adversary.uses_gan:
+    if self.generator is None:
       return adversaries.Target(logits_fn, axis_name=axis_name)
     gen, g_vars = self.generator, gan_variables["generator"]
     aux = None
@@ -160,10 +234,12 @@ class Plan:
 
 def read(config: ml_collections.ConfigDict, num_classes: int,
          image_shape: tuple[int, ...],
-         pins: frozen_models.Pins | None = None
+         pins: frozen_models.Pins | None = None, train_source: Any = None
          ) -> tuple[Plan | None, dict[str, Any]]:
-  """The plan of `config.adversarial_training` and the frozen GAN's
-  variables ({} without one).
+  """The plan of `config.adversarial_training` and its frozen inputs: the
+  GAN's variables ('generator', 'discriminator') and the fitted Gaussian of
+  `generated.source` 'gaussian' ('gaussian', from `train_source`); {} when
+  none is needed.
 
   (None, {}) for mode 'none'. For adversaries that use a GAN, the AC-GAN of
   `gan_workdir` is restored once (through `pins`, as role 'gan': a resumed
@@ -176,18 +252,35 @@ def read(config: ml_collections.ConfigDict, num_classes: int,
   s = settings_lib.from_block(Settings, block, SECTION)
   for name, values in per_adversary.items():  # every block is checked
     adversaries.get(name).read(values, f"{SECTION}.{name}")
+  g = s.generated
   if s.mode == "none":
+    if g.source:
+      raise UserError(f"config.{SECTION}.generated.source '{g.source}' "
+                      f"needs a training mode (config.{SECTION}.mode: one "
+                      f"of {adversaries.training_modes()[1:]}); mode 'gan' "
+                      f"is plain training on GAN samples")
     return None, {}
   adversary = adversaries.get(s.mode)
   plan = Plan(s, adversary, adversary.read(per_adversary.get(s.mode),
-                                           f"{SECTION}.{s.mode}"))
-  if not adversary.uses_gan:
-    return plan, {}
+                                           f"{SECTION}.{s.mode}"),
+              num_classes=num_classes)
+  if g.source == "unrestricted":
+    plan = dataclasses.replace(plan, unrestricted_settings=adversaries.get(
+        "unrestricted").read(per_adversary.get("unrestricted"),
+                             f"{SECTION}.unrestricted"))
+  frozen: dict[str, Any] = {}
+  if g.source == "gaussian":
+    if train_source is None:
+      raise ValueError("generated.source 'gaussian' needs the train source")
+    frozen["gaussian"] = fit_gaussian(train_source, num_classes)
+  uses_gan = adversary.uses_gan or g.source in ("gan", "unrestricted")
+  if not uses_gan:
+    return plan, frozen
   gan = _restore_gan(s, num_classes, image_shape,
                      pins or frozen_models.Pins())
-  frozen = {"generator": gan.generator_variables(ema=s.gan_ema)}
+  frozen["generator"] = gan.generator_variables(ema=s.gan_ema)
   discriminator = None
-  if adversary.uses_aux_classifier:
+  if adversary.uses_aux_classifier or g.source == "unrestricted":
     gan.aux_logits_fn()  # a one-line error unless it is an AC-GAN
     discriminator = gan.discriminator
     frozen["discriminator"] = gan.discriminator_variables()
@@ -195,6 +288,83 @@ def read(config: ml_collections.ConfigDict, num_classes: int,
                              discriminator=discriminator,
                              latent_dim=gan.latent_dim)
   return plan, frozen
+
+
+def fit_gaussian(source: Any, num_classes: int, chunk: int = 5000
+                 ) -> dict[str, np.ndarray]:
+  """Per-class, per-pixel mean and standard deviation of a training source
+  ([-1, 1] floats), one pass in float64: {'mean', 'std'} [K, H, W, C]. A
+  class without images keeps mean 0 and std 0."""
+  total = sq = counts = None
+  for lo in range(0, len(source), chunk):
+    raw, labels = input_pipeline.read_examples(
+        source, range(lo, min(lo + chunk, len(source))))
+    x = input_pipeline.to_float_image(raw).astype(np.float64)
+    if total is None:
+      total = np.zeros((num_classes, *x.shape[1:]))
+      sq = np.zeros_like(total)
+      counts = np.zeros(num_classes)
+    np.add.at(total, labels, x)
+    np.add.at(sq, labels, x * x)
+    counts += np.bincount(labels, minlength=num_classes)
+  n = np.maximum(counts, 1).reshape(-1, *([1] * (total.ndim - 1)))
+  mean = total / n
+  var = np.maximum(sq / n - mean * mean, 0.)
+  return {"mean": mean.astype(np.float32),
+          "std": np.sqrt(var).astype(np.float32)}
+
+
+def mix_generated(plan: Plan, target: adversaries.Target | None,
+                  frozen: dict[str, Any], batch: dict[str, jax.Array],
+                  rng: jax.Array) -> dict[str, jax.Array]:
+  """This device's batch with its last g = round(fraction * b) examples
+  replaced by generated ones (`GeneratedSettings`); adds 'generated', a
+  bool [b] mask. `target` (the current classifier and the frozen GAN) is
+  needed by source 'unrestricted' only; `frozen` holds the Gaussian's
+  'mean' and 'std' for source 'gaussian'."""
+  images, labels = batch["image"], batch["label"]
+  b = images.shape[0]
+  n = plan.num_generated(b)
+  g = plan.settings.generated
+  mask = jnp.arange(b) >= b - n
+  if n == 0:
+    return {**batch, "generated": mask}
+  label_rng, draw_rng = jax.random.split(rng)
+  if g.labels == "uniform":
+    new_labels = jax.random.randint(label_rng, (n,), 0, plan.num_classes,
+                                    labels.dtype)
+  else:
+    new_labels = labels[b - n:]
+  if g.source == "gan":
+    z = gans.sample_latents(draw_rng, n, target.gan.latent_dim)
+    new_images = target.gan.generate(z, new_labels)
+  elif g.source == "unrestricted":
+    new_images = adversaries.get("unrestricted").craft(
+        plan.unrestricted_settings, target,
+        jnp.zeros((n, *images.shape[1:]), images.dtype), new_labels,
+        draw_rng)["image"]
+  else:
+    mean = frozen["gaussian"]["mean"][new_labels]
+    std = frozen["gaussian"]["std"][new_labels]
+    new_images = jnp.clip(
+        mean + std * jax.random.normal(draw_rng, mean.shape, mean.dtype),
+        -1., 1.)
+  new_images = jax.lax.stop_gradient(new_images.astype(images.dtype))
+  return {**batch,
+          "image": jnp.concatenate([images[:b - n], new_images]),
+          "label": jnp.concatenate([labels[:b - n], new_labels]),
+          "generated": mask}
+
+
+def generated_targets(plan: Plan, labels: jax.Array, generated: jax.Array,
+                      label_smoothing: float) -> jax.Array:
+  """Training targets [b, K]: one-hot labels smoothed by
+  `label_smoothing` (the run's), and by `generated.label_smoothing` where
+  `generated`."""
+  ls = jnp.where(generated, plan.settings.generated.label_smoothing,
+                 label_smoothing)[:, None]
+  onehot = jax.nn.one_hot(labels, plan.num_classes, dtype=jnp.float32)
+  return onehot * (1. - ls) + ls / plan.num_classes
 
 
 def _restore_gan(s: Settings, num_classes: int, image_shape: tuple[int, ...],
@@ -224,8 +394,9 @@ def craft_batch(plan: Plan, target: adversaries.Target,
 
   Returns a dict: 'image' and 'label' ([n_c + n_a, ...], clean first), the
   static ints 'num_clean' and 'num_aug', 'source_image' (the k real images
-  the crafted examples stand for) and the adversary's extras ('latent',
-  'success').
+  the crafted examples stand for), the adversary's extras ('latent',
+  'success') and, when the batch has one, the 'generated' mask in the same
+  order as 'label'.
   """
   images, labels = batch["image"], batch["label"]
   k = plan.num_crafted(images.shape[0])
@@ -234,6 +405,11 @@ def craft_batch(plan: Plan, target: adversaries.Target,
                                 else (images, labels))
   out = {"num_clean": clean_images.shape[0], "num_aug": k,
          "source_image": images[:k]}
+  if "generated" in batch:  # which examples are generated, in this order
+    mask = batch["generated"]
+    clean_mask = mask[k:] if plan.settings.replace else mask
+    out["generated"] = jnp.concatenate([clean_mask, mask[:k]])[
+        :clean_images.shape[0] + k]
   if k == 0:
     out.update(image=clean_images, label=clean_labels)
     return out

@@ -341,7 +341,10 @@ def _unrestricted(s: UnrestrictedSettings, target: Target, images, labels,
   target_labels = None
   if s.targeted:
     num_classes = jax.eval_shape(target.logits_fn, images).shape[-1]
-    shift = jax.random.randint(jax.random.fold_in(attack_rng, 1),
+    # From z's key: the attack's key feeds the Langevin noise of every
+    # step (fold_in(attack_rng, t)), so fold_in(attack_rng, 1) would repeat
+    # step 1's.
+    shift = jax.random.randint(jax.random.fold_in(z_rng, 1),
                                labels.shape, 1, num_classes)
     target_labels = (labels + shift) % num_classes
   out = attacks.unrestricted_attack(

@@ -25,9 +25,10 @@ gradients over devices, transform, apply.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from advjax import settings as settings_lib
@@ -146,3 +147,44 @@ def update(tx: optax.GradientTransformation, params: Any, opt_state: Any,
   grads = jax.lax.pmean(grads, AXIS)
   updates, opt_state = tx.update(grads, opt_state, params)
   return optax.apply_updates(params, updates), opt_state
+
+
+class ParamEMAState(NamedTuple):
+  """`param_ema`'s state: steps taken and the moving average of the
+  parameters."""
+  count: jax.Array
+  ema: Any
+
+
+def param_ema(decay: float) -> optax.GradientTransformation:
+  """Keeps an exponential moving average of the parameters after each
+  update, passing the updates through unchanged: chain it last
+  (`optax.chain(tx, param_ema(decay))`), where the updates are final. At
+  step t the average moves with min(decay, (1 + t) / (10 + t)), TensorFlow's
+  ExponentialMovingAverage warm-up."""
+
+  def init(params):
+    return ParamEMAState(count=jnp.zeros((), jnp.int32),
+                         ema=jax.tree.map(jnp.copy, params))
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError("param_ema needs the parameters")
+    t = state.count.astype(jnp.float32)
+    d = jnp.minimum(decay, (1. + t) / (10. + t))
+    new = optax.apply_updates(params, updates)
+    ema = jax.tree.map(lambda e, p: d * e + (1. - d) * p, state.ema, new)
+    return updates, ParamEMAState(count=state.count + 1, ema=ema)
+
+  return optax.GradientTransformation(init, update)
+
+
+def averaged_params(opt_state: Any) -> Any:
+  """The moving average `param_ema` keeps in an optimiser state."""
+  found = [s for s in jax.tree.leaves(
+      opt_state, is_leaf=lambda x: isinstance(x, ParamEMAState))
+           if isinstance(s, ParamEMAState)]
+  if not found:
+    raise ValueError("this optimiser state keeps no parameter average "
+                     "(config.ema.decay is 0)")
+  return found[0].ema

@@ -27,7 +27,7 @@ _extends = settings_lib.extends_run
 # Top-level entries that are blocks of their own (read elsewhere).
 BLOCKS = ("model", "optimizer", "g_optimizer", "d_optimizer", "checkpoint",
           "gan", "cyclegan", "adversarial_training", "sample", "eval",
-          "distill")
+          "distill", "ema")
 
 
 @dataclasses.dataclass(frozen=True)

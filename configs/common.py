@@ -131,18 +131,22 @@ def study_arg(arg: str) -> tuple[str, int]:
 def study_classifier(base: ml_collections.ConfigDict, arg: str, *,
                      gan_workdir: str) -> ml_collections.ConfigDict:
   """A classifier of the study (experiments/study.py): the config `base`
-  trained in a mode ('none' or an adversary that trains) with a seed, both
-  from `arg` (`study_arg`: 'pgd' or 'pgd,seed=1'), with `eval`: accuracy on
+  trained in a mode ('none' or an adversary that trains, with '+<source>'
+  generated data in every batch: 'trades+gan', see
+  `advjax.adversarial_training.GeneratedSettings`) with a seed, both from
+  `arg` (`study_arg`: 'pgd' or 'pgd,seed=1'), with `eval`: accuracy on
   `gan_samples` class-balanced samples of the AC-GAN in `eval.gan_workdir`,
   logged while training (the study sets it)."""
-  mode, seed = study_arg(arg)
-  if mode not in adversaries.training_modes():
-    raise UserError(f"study mode {mode!r} is not one of "
-                    f"{adversaries.training_modes()}; pass it as "
-                    f"--config=<this file>:<mode>")
+  name, seed = study_arg(arg)
+  try:
+    mode, source = adversarial_training_lib.split_mode(name)
+  except UserError as e:
+    raise UserError(f"study {e}; pass it as --config=<this file>:<mode>"
+                    ) from None
   config = base
   config.seed = int(config.seed) + seed
   config.adversarial_training = adversarial_training(
       mode, gan_workdir=gan_workdir)
+  config.adversarial_training.generated.source = source
   config.eval = classifier_eval()
   return config

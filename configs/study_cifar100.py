@@ -25,7 +25,7 @@ from configs import common, densenet_cifar100
 
 
 def get_config(arg: str = "none") -> ml_collections.ConfigDict:
-  mode = common.study_arg(arg)[0]
+  mode = common.study_arg(arg)[0].partition("+")[0]
   config = common.study_classifier(
       densenet_cifar100.get_config(), arg,
       gan_workdir="/tmp/advjax/acgan_cifar100")  # placeholder path

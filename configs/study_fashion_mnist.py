@@ -38,7 +38,7 @@ from configs import common, quickstart
 
 
 def get_config(arg: str = "none") -> ml_collections.ConfigDict:
-  mode = common.study_arg(arg)[0]
+  mode = common.study_arg(arg)[0].partition("+")[0]
   config = common.study_classifier(quickstart.get_config(), arg,
                                    gan_workdir="/tmp/advjax/gan")
   config.num_epochs = 1.0

@@ -59,8 +59,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # run as a script from a clone without installing
   sys.path.insert(0, ROOT)
 
-from advjax import (adversaries, checkpoints, config_utils, evaluate,  # pylint: disable=wrong-import-position
-                    evaluators, fileio, inference, loop, trainers)
+from advjax import (adversarial_training, adversaries, checkpoints,  # pylint: disable=wrong-import-position
+                    config_utils, evaluate, evaluators, fileio, inference,
+                    loop, trainers)
 from advjax.evaluators import common  # pylint: disable=wrong-import-position
 from advjax.evaluators import robustness  # pylint: disable=wrong-import-position
 from advjax.evaluators import unrestricted as unrestricted_lib  # pylint: disable=wrong-import-position
@@ -83,8 +84,17 @@ def study_modes() -> list[str]:
 
 
 def all_modes() -> list[str]:
-  """Every mode `--modes` accepts: 'none' and every adversary that trains."""
+  """Every mode `--modes` accepts: 'none' and every adversary that trains
+  (each also as '<mode>+<source>', with generated data: 'trades+gan')."""
   return adversaries.training_modes()
+
+
+def _known_mode(name: str) -> bool:
+  try:
+    adversarial_training.split_mode(name)
+  except UserError:
+    return False
+  return True
 
 
 def columns(attack_names: Sequence[str]) -> list[tuple[str, str, str | None]]:
@@ -505,9 +515,11 @@ def run_study(workdir: str, *, gan_config: str, classifier_config: str,
     raise UserError(f"--seeds must be a positive number of seeds, got "
                     f"{seeds!r}")
   modes = list(modes if modes is not None else study_modes())
-  bad = [m for m in modes if m not in all_modes()]
+  bad = [m for m in modes if not _known_mode(m)]
   if bad:
-    raise UserError(f"unknown mode(s) {bad}; modes are {all_modes()}")
+    raise UserError(f"unknown mode(s) {bad}; modes are {all_modes()}, each "
+                    f"also with generated data as <mode>+<source>, source one "
+                    f"of {list(adversarial_training.GENERATED_SOURCES)}")
   attack_names = list(attack_names)
   for n in attack_names:
     if not adversaries.get(n).norm_bounded:
@@ -543,7 +555,7 @@ def run_study(workdir: str, *, gan_config: str, classifier_config: str,
       config = config_utils.load(f"{family}:{mode},seed={seed}")
       # Only modes that sample the GAN depend on it for training; the
       # others read it only to evaluate.
-      uses_gan = mode != "none" and adversaries.get(mode).uses_gan
+      uses_gan = adversarial_training.uses_gan(mode)
       config.adversarial_training.gan_workdir = gan_dir if uses_gan else ""
       if "eval" not in config:
         config.eval = ml_collections.ConfigDict()

@@ -61,3 +61,4 @@ def test_the_library_has_one_cross_entropy():
            for node in ast.walk(tree)
            if isinstance(node, ast.Attribute) and node.attr == "log_softmax"}
   assert users == {"latent.py"}, users
+

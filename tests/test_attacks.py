@@ -515,3 +515,62 @@ def test_transfer_attack_never_differentiates_the_target():
   with pytest.raises(UserError, match='target_predict_fn must return'):
     attacks.transfer_attack(attacks.fgsm, _sum_substitute,
                             lambda x: np.zeros(3), x, y, eps=0.3)
+
+
+def test_every_attack_takes_bfloat16_images_and_gives_them_back():
+  """The AutoAttack family computes in float32 (their loops keep float32
+  carries) and returns the batch's own dtype, as the gradient attacks do."""
+  from advjax.attacks import apgd, fab, square  # pylint: disable=g-import-not-at-top
+  w = jax.random.normal(jax.random.key(0), (16, 4))
+  fn = lambda x: x.reshape(x.shape[0], -1).astype(jnp.float32) @ w
+  x = jax.random.uniform(jax.random.key(1), (4, 4, 4, 1), minval=-1,
+                         maxval=1).astype(jnp.bfloat16)
+  y = jnp.array([0, 1, 2, 3])
+  key = jax.random.key(2)
+  outs = {
+      "fgsm": attacks.fgsm(fn, x, y, 0.1),
+      "pgd": attacks.pgd(fn, x, y, key, eps=0.1, step_size=0.05,
+                         num_steps=2),
+      "apgd": apgd.apgd(fn, x, y, key, eps=0.1, num_steps=2)["images"],
+      "apgd_t": apgd.apgd_targeted(fn, x, y, key, eps=0.1, num_steps=2,
+                                   n_target_classes=2)["images"],
+      "fab": fab.fab_targeted(fn, x, y, key, eps=0.1, num_steps=2,
+                              n_target_classes=2)["images"],
+      "square": square.square(fn, x, y, key, eps=0.1,
+                              num_queries=4)["images"],
+  }
+  for name, adv in outs.items():
+    assert adv.dtype == jnp.bfloat16, name
+    gap = jnp.abs(adv.astype(jnp.float32) - x.astype(jnp.float32)).max()
+    assert gap <= 0.1 + 1e-2, (name, gap)  # bfloat16 rounding
+
+
+def test_targeted_unrestricted_draws_targets_with_a_key_of_its_own(
+    monkeypatch):
+  from advjax import adversaries  # pylint: disable=g-import-not-at-top
+  seen = {}
+  real_randint = jax.random.randint
+
+  def randint(key, *args, **kwargs):
+    seen["target_key"] = key
+    return real_randint(key, *args, **kwargs)
+
+  def attack(*args, **kwargs):
+    seen["attack_key"] = args[5]
+    z0 = args[3]
+    return {"images": jnp.zeros((z0.shape[0], 4, 4, 1)),
+            "success": jnp.zeros(z0.shape[0], bool)}
+
+  monkeypatch.setattr(adversaries.jax.random, "randint", randint)
+  monkeypatch.setattr(adversaries.attacks, "unrestricted_attack", attack)
+  gan = adversaries.FrozenGAN(generate=lambda z, y: jnp.zeros((2, 4, 4, 1)),
+                              aux_logits=None, latent_dim=3)
+  target = adversaries.Target(lambda x: jnp.zeros((x.shape[0], 5)), gan)
+  s = adversaries.get("unrestricted").settings(targeted=True, num_steps=5)
+  adversaries.get("unrestricted").craft(
+      s, target, jnp.zeros((2, 4, 4, 1)), jnp.array([0, 1]),
+      jax.random.key(7))
+  used = jax.random.key_data(seen["target_key"])
+  for t in range(s.num_steps):  # every Langevin step's key differs
+    step_key = jax.random.fold_in(seen["attack_key"], t)
+    assert not np.array_equal(used, jax.random.key_data(step_key))

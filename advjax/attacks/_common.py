@@ -77,6 +77,17 @@ def _fmt(v) -> str:
   return f"{float(v):g}"
 
 
+def in_dtype_of(x, out: dict[str, Any]) -> dict[str, Any]:
+  """An AutoAttack-family attack's output with 'images' in x's dtype: those
+  attacks compute in float32 (their loops keep float32 carries), so a
+  bfloat16 or float16 batch is attacked in float32 and given back in its
+  own dtype."""
+  dtype = jnp.asarray(x).dtype
+  if dtype != jnp.float32 and jnp.issubdtype(dtype, jnp.floating):
+    out = dict(out, images=out["images"].astype(dtype))
+  return out
+
+
 def check_bounds(bounds) -> tuple[float, float]:
   """`bounds` as a (low, high) pair of Python floats with low < high: the
   valid input range an attack keeps its images in; else UserError. Bounds

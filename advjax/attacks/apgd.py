@@ -252,13 +252,13 @@ def apgd(logits_fn: LogitsFn, x, y, rng, *, eps, norm: str = "linf",
                                  min_classes=3 if loss == "dlr" else 2,
                                  bounds=bounds)
   _common.check_in_unit_interval(rho=rho)
-  return _common.maybe_jit(
+  return _common.in_dtype_of(x, _common.maybe_jit(
       _apgd_core, (0, 1, 2, 3, 4, 5, 6), logits_fn, loss, norm,
       _common.check_static_int("num_steps", num_steps, 0),
       _common.check_static_int("num_restarts", num_restarts, 1), 0,
-      _common.check_bounds(bounds), jnp.asarray(x),
+      _common.check_bounds(bounds), jnp.asarray(x, jnp.float32),
       jnp.asarray(y, jnp.int32), rng, jnp.asarray(eps, jnp.float32),
-      jnp.asarray(rho, jnp.float32))
+      jnp.asarray(rho, jnp.float32)))
 
 
 def apgd_targeted(logits_fn: LogitsFn, x, y, rng, *, eps, norm: str = "linf",
@@ -277,11 +277,11 @@ def apgd_targeted(logits_fn: LogitsFn, x, y, rng, *, eps, norm: str = "linf",
   num_classes = _common.check_norm_ball_attack(logits_fn, x, y, rng, eps, norm,
                                                min_classes=4, bounds=bounds)
   _common.check_in_unit_interval(rho=rho)
-  return _common.maybe_jit(
+  return _common.in_dtype_of(x, _common.maybe_jit(
       _apgd_core, (0, 1, 2, 3, 4, 5, 6), logits_fn, "dlr-targeted", norm,
       _common.check_static_int("num_steps", num_steps, 0),
       _common.check_static_int("num_restarts", num_restarts, 1),
       count_targets(n_target_classes, num_classes),
-      _common.check_bounds(bounds), jnp.asarray(x),
+      _common.check_bounds(bounds), jnp.asarray(x, jnp.float32),
       jnp.asarray(y, jnp.int32), rng, jnp.asarray(eps, jnp.float32),
-      jnp.asarray(rho, jnp.float32))
+      jnp.asarray(rho, jnp.float32)))

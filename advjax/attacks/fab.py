@@ -149,11 +149,11 @@ def fab_targeted(logits_fn: LogitsFn, x, y, rng, *, eps, norm: str = "linf",
   num_classes = _common.check_norm_ball_attack(logits_fn, x, y, rng, eps, norm,
                                                bounds=bounds)
   _common.check_nonnegative(alpha_max=alpha_max, eta=eta, beta=beta)
-  return _common.maybe_jit(
+  return _common.in_dtype_of(x, _common.maybe_jit(
       _fab_core, (0, 1, 2, 3, 4, 5), logits_fn, norm,
       _common.check_static_int("num_steps", num_steps, 0),
       _common.check_static_int("num_restarts", num_restarts, 1),
       count_targets(n_target_classes, num_classes),
-      _common.check_bounds(bounds), jnp.asarray(x),
+      _common.check_bounds(bounds), jnp.asarray(x, jnp.float32),
       jnp.asarray(y, jnp.int32), rng, jnp.asarray(eps, jnp.float32),
-      *(jnp.asarray(v, jnp.float32) for v in (alpha_max, eta, beta)))
+      *(jnp.asarray(v, jnp.float32) for v in (alpha_max, eta, beta))))

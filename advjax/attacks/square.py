@@ -263,9 +263,9 @@ def square(logits_fn: LogitsFn, x, y, rng, *, eps, norm: str = "linf",
                                  bounds=bounds)
   if not isinstance(p_init, (float, int)) or not 0 < p_init <= 1:
     raise UserError(f"p_init must be a number in (0, 1], got {p_init!r}.")
-  return _common.maybe_jit(
+  return _common.in_dtype_of(x, _common.maybe_jit(
       _square_core, (0, 1, 2, 3, 4, 5, 6), logits_fn, norm,
       _common.check_static_int("num_queries", num_queries, 1),
       _common.check_static_int("num_restarts", num_restarts, 1), float(p_init),
-      bool(rescale_schedule), _common.check_bounds(bounds), jnp.asarray(x),
-      jnp.asarray(y, jnp.int32), rng, jnp.asarray(eps, jnp.float32))
+      bool(rescale_schedule), _common.check_bounds(bounds), jnp.asarray(x, jnp.float32),
+      jnp.asarray(y, jnp.int32), rng, jnp.asarray(eps, jnp.float32)))

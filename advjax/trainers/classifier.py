@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 from jax.sharding import PartitionSpec as P
 
 from advjax import (adversarial_training, attacks, checkpoints, evaluators,
@@ -102,6 +103,26 @@ class DistillSettings:
     settings_lib.check_positive(self, "eval_examples")
 
 
+@settings_lib.register("ema")
+@dataclasses.dataclass(frozen=True)
+class EMASettings:
+  """`config.ema`: an exponential moving average of the classifier's
+  weights, as the adversarial-training papers on generated data evaluate
+  (Gowal et al. 2020, 2021; Rebuffi et al. 2021), logged beside the raw
+  weights at each evaluation (`eval/ema_accuracy`, with the current
+  BatchNorm statistics). decay 0 = off; at step t the average moves with
+  min(decay, (1 + t) / (10 + t)), TensorFlow's ExponentialMovingAverage
+  warm-up (num_updates), so the early average is not stuck at the
+  initialisation. The average lives in the optimiser state
+  (`optimizers.param_ema`; read it with `optimizers.averaged_params`), so
+  a run without it saves the state it always did."""
+  decay: float = 0.0
+
+  def __post_init__(self):
+    if not 0. <= self.decay < 1.:
+      raise UserError(f"decay must be in [0, 1), got {self.decay}")
+
+
 @dataclasses.dataclass(frozen=True)
 class StepSettings:
   """What the traced step reads (static: part of the compiled program).
@@ -124,6 +145,9 @@ def create_train_state(config: ml_collections.ConfigDict, model: Any,
   variables = jax.jit(functools.partial(model.init, train=False))(
       {"params": rng, "dropout": rng}, dummy)
   tx = optimizers.create_optimizer(config.optimizer, num_train_steps)
+  ema = settings_lib.read(EMASettings, config, "ema")
+  if ema.decay > 0:
+    tx = optax.chain(tx, optimizers.param_ema(ema.decay))
   params = variables["params"]
   return TrainState(step=jnp.asarray(0, jnp.int32), params=params,
                     batch_stats=variables.get("batch_stats", {}),
@@ -156,24 +180,43 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
   # any number of devices); the adversaries draw per device.
   step_rng = example_rng.step_key(rng, state.step)
   rng = parallel.device_rng(rng, state.step)
-  images, labels = batch["image"], batch["label"]
   plan = settings.plan
+  eval_variables = {"params": state.params, "batch_stats": state.batch_stats}
+  logits_fn = lambda x: state.apply_fn(eval_variables, x, train=False)
+  generating = plan is not None and plan.num_generated(
+      batch["image"].shape[0]) > 0
+  if generating:
+    # Generated examples first replace the last part of the batch; the mode
+    # then treats them as it treats real ones.
+    batch = adversarial_training.mix_generated(
+        plan, plan.target(logits_fn, frozen.get("gan"), axis_name=AXIS),
+        frozen.get("gan"), batch, jax.random.fold_in(rng, 2))
+  images, labels = batch["image"], batch["label"]
+  generated = batch.get("generated")
   active = plan is not None and plan.num_crafted(images.shape[0]) > 0
   extra: dict[str, jax.Array] = {}
   if active:
-    eval_variables = {"params": state.params,
-                      "batch_stats": state.batch_stats}
-    logits_fn = lambda x: state.apply_fn(eval_variables, x, train=False)
     out = adversarial_training.craft_batch(
         plan, plan.target(logits_fn, frozen.get("gan"), axis_name=AXIS),
         batch, jax.random.fold_in(rng, 1))
     images, labels = out["image"], out["label"]
+    generated = out.get("generated")
     num_clean, num_aug = out["num_clean"], out["num_aug"]
     if "success" in out:
       extra["attack_success_rate"] = jnp.mean(
           out["success"].astype(jnp.float32))
   mode_loss = active and plan.loss is not None
   targets = batch["label"] if mode_loss else labels
+  label_smoothing = settings.label_smoothing
+  if generating:
+    extra["generated_fraction"] = jnp.mean(
+        batch["generated"].astype(jnp.float32))
+    if plan.settings.generated.label_smoothing:
+      # Soft targets: the generated examples' smoothing on their rows.
+      targets = adversarial_training.generated_targets(
+          plan, targets, batch["generated"] if mode_loss else generated,
+          settings.label_smoothing)
+      label_smoothing = 0.
   if settings.teacher is not None:
     # A mode with its own loss reads the targets of the real images.
     teacher_logits = settings.teacher.apply(
@@ -190,7 +233,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
         variables, images, train=True, mutable=["batch_stats"],
         rngs={"dropout": step_rng})
     per_example = losses.cross_entropy(logits / settings.temperature,
-                                       targets, settings.label_smoothing)
+                                       targets, label_smoothing)
     if not active:
       return per_example.mean(), (logits, updates, {})
     loss, parts = adversarial_training.split_losses(
@@ -442,13 +485,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # Frozen models: the steps this run started with when it resumes.
   pins = frozen_models.Pins(workdir, options.allow_config_change)
   plan, gan_variables = adversarial_training.read(
-      config, info.num_classes, info.image_shape, pins=pins)
+      config, info.num_classes, info.image_shape, pins=pins,
+      train_source=train_source)
   teacher = _teacher(config, info.name, pins)
   frozen: dict[str, Any] = {}
   if teacher is not None:
     frozen["teacher"] = teacher.variables
   if gan_variables:
     frozen["gan"] = gan_variables
+  ema = settings_lib.read(EMASettings, config, "ema")
   step_settings = StepSettings(
       label_smoothing=s.label_smoothing, temperature=s.temperature,
       teacher=None if teacher is None else teacher.model, plan=plan)
@@ -466,6 +511,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                   f"images), weight {a.adv_weight:g}"
                   + (f", {plan.adversary.label}'s own loss"
                      if plan.loss is not None else ""))
+    g = plan.settings.generated
+    if g.source:
+      loop.announce(f"generated data: {100 * g.fraction:g}% of each batch "
+                    f"from {g.source} ({g.labels} labels"
+                    + (f", label smoothing {g.label_smoothing:g}"
+                       if g.label_smoothing else "") + ")")
 
   p_eval_step = parallel.data_parallel(eval_step, mesh,
                                        in_specs=(P(), P(AXIS)), out_specs=P())
@@ -488,6 +539,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     test = evaluate(p_eval_step, state, input_pipeline.eval_batches(
         eval_source, global_batch_size=eval_batch_size), mesh)
     metrics = {f"eval/{k}": v for k, v in test.items()}
+    if ema.decay > 0:  # the moving average, with the current BatchNorm stats
+      averaged = evaluate(p_eval_step, state.replace(
+                              params=optimizers.averaged_params(
+                                  state.opt_state)),
+                          input_pipeline.eval_batches(
+                              eval_source, global_batch_size=eval_batch_size),
+                          mesh)
+      metrics.update({f"eval/ema_{k}": v for k, v in averaged.items()
+                      if k != "count"})
     if check is not None:
       metrics.update(check(state))
     if gan_batches is not None:
