@@ -307,11 +307,8 @@ def test_gan_mode_draws_the_frozen_generator_for_the_batch_labels(gan_workdir):
   assert out["latent"].shape == (4, 8)
 
 
-@pytest.mark.parametrize("mode", ["none", "fgsm", "pgd", "gan", "unrestricted",
-                                  "trades", "mart", "fgsm_rs"])
-def test_each_mode_trains_under_mock_data_on_two_devices(mode, gan_workdir,
-                                                         tmp_path,
-                                                         monkeypatch):
+def tiny_study_config(mode, gan_workdir):
+  """configs/study_fashion_mnist.py:<mode> for two steps of a tiny CNN."""
   config = load_config(f"study_fashion_mnist:{mode}")
   config.model.widths, config.model.hidden = (4,), 8
   config.batch_size = config.eval_batch_size = 8
@@ -319,22 +316,37 @@ def test_each_mode_trains_under_mock_data_on_two_devices(mode, gan_workdir,
   config.eval_every_steps = config.checkpoint.every_steps = 2
   config.log_every_steps = 1
   config.progress_bar = False
-  config.adversarial_training.gan_workdir = gan_workdir
-  config.adversarial_training.unrestricted.num_steps = 3
-  config.adversarial_training.pgd.num_steps = 2
-  config.adversarial_training.trades.num_steps = 1
-  config.adversarial_training.mart.num_steps = 1
-  config.adversarial_training.overfit_check_examples = 8
+  at = config.adversarial_training
+  at.gan_workdir = gan_workdir
+  at.unrestricted.num_steps = 3
+  at.pgd.num_steps = 2
+  at.trades.num_steps = at.mart.num_steps = 1
+  at.overfit_check_examples = 8
+  return config
+
+
+def run_on_two_devices(config, workdir, monkeypatch):
+  """(final metrics, logged training rows) of `config` on mock data, two
+  devices."""
   make_mesh = parallel.make_mesh
   monkeypatch.setattr(parallel, "make_mesh",
                       lambda devices=None: make_mesh(jax.devices()[:2]))
-  workdir = str(tmp_path / mode)
   with tfds.testing.mock_data(num_examples=32):
     final = trainers.run(config, workdir)
-  assert np.isfinite(final["eval/loss"])
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     logged = [json.loads(line) for line in f]
-  train_rows = [r for r in logged if "train/loss" in r]
+  return final, [r for r in logged if "train/loss" in r]
+
+
+@pytest.mark.parametrize("mode", ["none", "fgsm", "pgd", "gan", "unrestricted",
+                                  "trades", "mart", "fgsm_rs"])
+def test_each_mode_trains_under_mock_data_on_two_devices(mode, gan_workdir,
+                                                         tmp_path,
+                                                         monkeypatch):
+  config = tiny_study_config(mode, gan_workdir)
+  final, train_rows = run_on_two_devices(config, str(tmp_path / mode),
+                                         monkeypatch)
+  assert np.isfinite(final["eval/loss"])
   assert len(train_rows) == 2
   assert all(np.isfinite(r["train/loss"]) for r in train_rows)
   if mode != "none":

@@ -19,7 +19,8 @@ from advjax.models import gans
 from tests.helpers import load_config
 # gan_workdir is a fixture (module-scoped): pytest finds it by name here.
 from tests.test_adversarial_training import (  # pylint: disable=unused-import
-    FM_SHAPE, _batches, _config, _state, _train, gan_workdir)
+    FM_SHAPE, _batches, _config, _state, _train, gan_workdir,
+    run_on_two_devices, tiny_study_config)
 
 
 def _mixed(config, batch, rng, shape=FM_SHAPE):
@@ -145,41 +146,11 @@ def test_the_modes_loss_covers_the_generated_examples(gan_workdir):
                                          ("mart", "gaussian")])
 def test_each_source_trains_from_the_command_line_config(
     mode, source, gan_workdir, tmp_path, monkeypatch):
-  config = load_config(f"study_fashion_mnist:{mode}")
-  config.model.widths, config.model.hidden = (4,), 8
-  config.batch_size = config.eval_batch_size = 8
-  config.num_train_steps = 2
-  config.eval_every_steps = config.checkpoint.every_steps = 2
-  config.log_every_steps = 1
-  config.progress_bar = False
-  at = config.adversarial_training
-  at.gan_workdir = gan_workdir
-  at.unrestricted.num_steps = 2
-  at.pgd.num_steps = at.trades.num_steps = at.mart.num_steps = 1
-  at.generated.source = source
-  at.generated.fraction = 0.5
-  make_mesh = parallel.make_mesh
-  monkeypatch.setattr(parallel, "make_mesh",
-                      lambda devices=None: make_mesh(jax.devices()[:2]))
-  workdir = str(tmp_path / source)
-  with tfds.testing.mock_data(num_examples=32):
-    final = trainers.run(config, workdir)
+  config = tiny_study_config(mode, gan_workdir)
+  config.adversarial_training.generated.source = source
+  config.adversarial_training.generated.fraction = 0.5
+  final, rows = run_on_two_devices(config, str(tmp_path / source),
+                                   monkeypatch)
   assert np.isfinite(final["eval/loss"])
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    rows = [json.loads(line) for line in f if "train/loss" in line]
   assert rows and all(r["train/generated_fraction"] == 0.5 for r in rows)
   assert all(np.isfinite(r["train/loss"]) for r in rows)
-
-
-def test_a_mode_plus_a_source_names_a_study_row_and_its_config():
-  config = load_config("study_fashion_mnist:trades+unrestricted,seed=2")
-  at = config.adversarial_training
-  assert (at.mode, at.generated.source, at.prop) == ("trades", "unrestricted",
-                                                      1.0)
-  assert adversarial_training.uses_gan("pgd+gaussian") is False
-  assert adversarial_training.uses_gan("pgd+gan") is True
-  assert adversarial_training.split_mode("mart") == ("mart", "")
-  for bad in ("trades+vae", "none+gan", "tradez+gan"):
-    with pytest.raises(UserError) as e:
-      load_config(f"study_fashion_mnist:{bad}")
-    assert "\n" not in str(e.value)
