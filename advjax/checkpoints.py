@@ -561,11 +561,14 @@ def _rank_by_best(mngr, steps: list[int]) -> list[int]:
           **{META: ocp.args.JsonRestore()}))[META]
     except Exception:  # pylint: disable=broad-except
       continue
-    config = meta.get("config", {})
-    ck = config.get("checkpoint", {}) if isinstance(config, dict) else {}
-    name = ck.get("best_metric")
-    score = rank(meta.get("metrics") or {}, name,
-                 ck.get("best_mode", "max")) if name else -math.inf
+    config = meta.get("config")
+    saved = config.get("checkpoint") if isinstance(config, dict) else None
+    known = {f.name for f in dataclasses.fields(Settings)}
+    ck = settings_lib.from_block(  # the run's own, read as it was written
+        Settings, {k: v for k, v in (saved or {}).items() if k in known},
+        "checkpoint")
+    score = (rank(meta.get("metrics") or {}, ck.best_metric, ck.best_mode)
+             if ck.best_metric else -math.inf)
     if score > -math.inf:
       scored.append((score, s))
   if not scored:
