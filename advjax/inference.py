@@ -18,6 +18,7 @@ that judges samples).
 
 from __future__ import annotations
 
+import copy
 import functools
 from typing import Any, Callable
 
@@ -26,7 +27,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from advjax import checkpoints, input_pipeline, models, run_settings
+from advjax import (checkpoints, input_pipeline, models, optimizers,
+                    run_settings)
 from advjax.errors import UserError
 from advjax.models import cyclegan as cyclegan_models
 from advjax.models import gans
@@ -89,6 +91,7 @@ class Classifier(Run):
   """A trained classifier: `predict`, `logits`, `logits_fn` (for attacks)."""
 
   kind = "classifier"
+  averaged_weights = False  # `averaged()`: the moving average's handle
 
   @property
   def params(self) -> Any:
@@ -108,6 +111,21 @@ class Classifier(Run):
   @property
   def num_classes(self) -> int:
     return self.dataset.num_classes
+
+  def averaged(self) -> "Classifier":
+    """The same run with the moving average of its weights (`config.ema`)
+    as its parameters; a UserError if it kept none."""
+    try:
+      ema = optimizers.averaged_params(self.state.get("opt_state"))
+    except ValueError:
+      raise UserError(f"the classifier in {self.workdir} kept no average "
+                      f"of its weights (train it with config.ema.decay > 0)"
+                      ) from None
+    handle = copy.copy(self)
+    handle.state = dict(self.state, params=ema)
+    handle.averaged_weights = True
+    handle.__dict__.pop("_advjax_record", None)
+    return handle
 
   @functools.cached_property
   def model(self):

@@ -180,11 +180,26 @@ def param_ema(decay: float) -> optax.GradientTransformation:
 
 
 def averaged_params(opt_state: Any) -> Any:
-  """The moving average `param_ema` keeps in an optimiser state."""
-  found = [s for s in jax.tree.leaves(
-      opt_state, is_leaf=lambda x: isinstance(x, ParamEMAState))
-           if isinstance(s, ParamEMAState)]
+  """The moving average `param_ema` keeps in an optimiser state (as the
+  train step holds it, or as a checkpoint restores it without a target:
+  lists and dicts, where the state is {'count', 'ema'})."""
+  found = []
+
+  def visit(node):
+    if isinstance(node, ParamEMAState):
+      found.append(node.ema)
+    elif isinstance(node, dict):
+      if set(node) == {"count", "ema"}:
+        found.append(node["ema"])
+      else:
+        for v in node.values():
+          visit(v)
+    elif isinstance(node, (list, tuple)):
+      for v in node:
+        visit(v)
+
+  visit(opt_state)
   if not found:
     raise ValueError("this optimiser state keeps no parameter average "
                      "(config.ema.decay is 0)")
-  return found[0].ema
+  return found[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -71,6 +72,21 @@ def test_training_logs_the_average_beside_the_raw_weights_and_resumes(
   assert [r["step"] for r in evals] == [2, 4]
   # The average lags the raw weights.
   assert final["eval/ema_loss"] != final["eval/loss"]
+  # A notebook reads it from the checkpoint: the same loss as logged.
+  from advjax import evaluators, inference  # pylint: disable=g-import-not-at-top
+  run = inference.restore(resumed)
+  avg = run.averaged()
+  assert not np.allclose(jax.tree.leaves(avg.params)[0],
+                         jax.tree.leaves(run.params)[0])
+  record = evaluators.common.run_record(avg)
+  assert record["weights"] == "moving average"
+  assert "weights" not in evaluators.common.run_record(run)
+  with tfds.testing.mock_data(num_examples=32):
+    x, y = next(evaluators.eval_data(avg, 32, 32))
+  logits = avg.logits(x)
+  loss = float(np.mean(-np.take_along_axis(
+      jax.nn.log_softmax(logits), y[:, None], 1)))
+  assert loss == pytest.approx(final["eval/ema_loss"], rel=1e-4)
 
 
 def test_decay_out_of_range_is_one_line(tmp_path):

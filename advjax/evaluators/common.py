@@ -235,6 +235,8 @@ def run_record(run: inference.Run | None) -> dict[str, Any] | None:
   if cached is None:
     cached = {"workdir": str(run.workdir), "step": int(run.step),
               "digest": checkpoint_digest(run.workdir, run.step, run.state)}
+    if getattr(run, "averaged_weights", False):
+      cached["weights"] = "moving average"
     try:
       run._advjax_record = cached  # pylint: disable=protected-access
     except AttributeError:

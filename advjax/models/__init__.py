@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from advjax.models import cnn, cyclegan, densenet, gans  # noqa: F401 (register)
+from advjax.models import cnn, cyclegan, densenet, gans, resnet  # noqa: F401 (register)
 from advjax.models.registry import MODELS, as_dict, create, register
 
 __all__ = ["MODELS", "create", "create_model", "count_params", "register"]

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from advjax.errors import UserError
 from advjax.example_rng import ExampleDropout
+from advjax.models import heads
 from advjax.models.conv import Conv
 from advjax.models.pooling import mean_pool
 from advjax.models.registry import register
@@ -117,11 +118,5 @@ class DenseNet(nn.Module):
           x = mean_pool(dropout(project(x)), (2, 2))
         else:  # a 1x1 conv commutes with mean pooling: pool first (4x less)
           x = project(mean_pool(x, (2, 2)))
-    x = nn.relu(norm(name="final_bn")(x))
-    features = jnp.mean(x, axis=(1, 2))
-    logits = nn.Dense(self.num_classes, dtype=self.dtype,
-                      param_dtype=jnp.float32, name="logits")(
-        features).astype(jnp.float32)
-    if return_features:
-      return logits, features.astype(jnp.float32)
-    return logits
+    return heads.pooled_logits(x, norm, self.num_classes, self.dtype,
+                               return_features)
