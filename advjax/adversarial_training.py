@@ -408,8 +408,7 @@ def craft_batch(plan: Plan, target: adversaries.Target,
   if "generated" in batch:  # which examples are generated, in this order
     mask = batch["generated"]
     clean_mask = mask[k:] if plan.settings.replace else mask
-    out["generated"] = jnp.concatenate([clean_mask, mask[:k]])[
-        :clean_images.shape[0] + k]
+    out["generated"] = jnp.concatenate([clean_mask, mask[:k]])
   if k == 0:
     out.update(image=clean_images, label=clean_labels)
     return out
