@@ -13,8 +13,9 @@ loss (Kurakin et al. 2017). fgsm/pgd: L-inf eps 0.1 in [-1, 1] units; pgd 7
 steps of 0.025 (Madry et al. 2018's CIFAR recipe). gan and unrestricted
 sample the AC-WGAN-GP of configs/acgan_cifar100.py: train it first and point
 `--config.adversarial_training.gan_workdir` at its workdir (the path below is a
-placeholder). unrestricted runs 500 latent steps per batch (Song et al.
-2018), which makes it by far the slowest mode. The field's modes (trades,
+placeholder). unrestricted crafts with the seed study's latent search
+(`attacks.LATENT_PRESETS['seed']`: 500 steps of learning rate 0.1 per
+batch, the last iterate), which makes it by far the slowest mode. The field's modes (trades,
 mart, fgsm_rs) train on crafted examples only (prop 1) with their authors'
 defaults at eps 0.1 (8/255 of the [0, 1] range is 0.063 here).
 """

@@ -16,14 +16,16 @@ AC-GAN of configs/quickstart_gan.py: train it first with
 --config.adversarial_training.gan_workdir).
 
 CPU compromises: one epoch (468 steps) instead of the study's schedule; pgd
-takes 3 steps of 0.1 (eps / 2) rather than 7 of eps / 4; unrestricted runs 8
-latent steps of learning rate 16 per batch instead of the study's 500 of 4.
-The latent objective is a mean over the 64 crafted examples of a batch; of
-the rates tried (0.5 to 32), 16 comes closest to the success of the former
-per-example steps of 0.5 (8 steps, 128 samples: 82% vs 93% against a
-classifier trained without attacks, 31% vs 29% against one trained on
-unrestricted examples; larger rates amplify the Langevin noise and lose the
-auxiliary classifier). Times measured here: see experiments/results/.
+takes 3 steps of 0.1 (eps / 2) rather than 7 of eps / 4; unrestricted crafts
+its training examples with 8 latent steps of learning rate 16 per batch
+instead of the seed study's 500 of 0.1 (`attacks.LATENT_PRESETS['seed']`;
+the other settings are the seed's, the last iterate kept). The latent
+objective is a mean over the 64 crafted examples of a batch, so an example
+moves by 16 / 64 of its gradient per step; of the rates tried (0.5 to 32),
+16 came closest to the success of the former per-example steps of 0.5, and
+larger rates amplify the Langevin noise and lose the auxiliary classifier.
+The evaluation of every mode runs the seed's settings (experiments/study.py).
+Times measured here: see experiments/results/.
 
 The field's training modes (`trades`, `mart`, `fgsm_rs`, see
 `advjax.adversaries`) train on crafted examples only (prop 1, the authors'

@@ -104,9 +104,15 @@ def columns(attack_names: Sequence[str]) -> list[tuple[str, str, str | None]]:
           + [(f"{n}_accuracy", f"{_label(n)} accuracy", "pct")
              for n in attack_names]
           + [("gan_sample_accuracy", "accuracy on AC-GAN samples", "pct"),
+             ("unrestricted_attacked", "samples attacked", "pct"),
              ("unrestricted_accuracy", "accuracy on unrestricted examples",
               "pct"),
              ("unrestricted_success", "unrestricted attack success", "pct"),
+             ("unrestricted_baseline_success", "random-search baseline "
+              "success", "pct"),
+             ("unrestricted_latent_move", "latent RMS move", "dist"),
+             ("unrestricted_baseline_latent_move", "baseline latent RMS move",
+              "dist"),
              ("train_minutes", "training minutes", "min")])
 
 
@@ -330,7 +336,12 @@ def evaluate_classifier(classifier_dir: str, gan_dir: str, *, eps: float,
       **{f"{n}_accuracy": attacks[n]["accuracy"] for n in attack_names},
       "gan_sample_accuracy": latent["classifier_accuracy_clean_samples"],
       "unrestricted_accuracy": latent["classifier_accuracy_attacked_samples"],
+      "unrestricted_attacked": latent["num_attacked"] / latent["num_samples"],
       "unrestricted_success": latent["success_rate"],
+      "unrestricted_baseline_success": latent["baseline"]["success_rate"],
+      "unrestricted_latent_move": latent["latent_rms_displacement"] or 0.0,
+      "unrestricted_baseline_latent_move": (
+          latent["baseline"]["latent_rms_displacement"] or 0.0),
       # Per attack: points per masking sign, and per cascade stage.
       "signals": {n: a["signals"] for n, a in attacks.items()
                   if a["signals"]},
@@ -345,6 +356,10 @@ def evaluate_classifier(classifier_dir: str, gan_dir: str, *, eps: float,
           "attack_settings": {n: attacks[n]["settings"]
                               for n in attack_names},
           "unrestricted_steps": latent_key["settings"]["attack"]["num_steps"],
+          "unrestricted": {
+              "num_samples": latent["num_samples"],
+              "preset": latent.get("preset", ""),
+              "settings": latent_key["settings"]["attack"]},
           "classifier": common.run_record(classifier),
           "gan": common.run_record(gan),
           "advjax_version": latent_key["advjax_version"]},
@@ -363,6 +378,8 @@ def _format(value: Any, kind: str | None) -> str:
     return f"{100 * value:.2f}%"
   if kind == "min":
     return f"{value:.1f}"
+  if kind == "dist":
+    return f"{value:.3f}"
   if kind == "num":
     return f"{value:.4g}"
   return str(value)
@@ -418,7 +435,7 @@ def write_table(rows: list[dict[str, Any]], out_dir: str, *,
       f"[-1, 1] units" + (f"; {described}" if described else "") + "); "
       f"accuracy on class-conditional AC-GAN samples and on unrestricted "
       f"adversarial examples ({made['unrestricted_steps']} latent steps) made "
-      f"against each classifier."
+      f"against each classifier. " + _latent_protocol(made)
       + (f" Mean ± standard deviation over {len(seeds)} seeds "
          f"({', '.join(map(str, seeds))}) per mode; per-seed rows in "
          f"study.csv." if len(seeds) > 1 else ""), "",
@@ -441,6 +458,32 @@ def write_table(rows: list[dict[str, Any]], out_dir: str, *,
                     + [r[k] for k, _, _ in cols[1:]])
   fileio.write_text(fileio.join(out_dir, "study.csv"), table.getvalue())
   return markdown
+
+
+def _latent_protocol(made: Mapping[str, Any]) -> str:
+  """The unrestricted columns' protocol, from the settings stored with the
+  rows (`made_with['unrestricted']`)."""
+  latent = made.get("unrestricted")
+  if not latent:
+    return ""
+  a = latent["settings"]
+  refs = {"seed": "the seed study's code", "song": "Song et al.'s code"}
+  which = (f"the settings of {refs.get(latent['preset'], latent['preset'])}"
+           if latent.get("preset") else "custom settings")
+  return (
+      f"Unrestricted protocol: {latent['num_samples']} class-balanced "
+      f"samples; {which} (learning rate {a['learning_rate']:g} on the batch "
+      f"mean, lambda_z {a['lambda_z']:g}, lambda_aux {a['lambda_aux']:g}, "
+      f"eps_z {a['eps_z']:g}, Langevin noise "
+      f"{'on' if a['langevin'] else 'off'}, the {a['iterate']} iterate "
+      f"judged). A sample is attacked only if the classifier and the GAN's "
+      f"auxiliary classifier both give its class at z0 (samples attacked); "
+      f"success is the share of attacked samples that fool the classifier "
+      f"while the auxiliary classifier keeps the class; accuracy on "
+      f"unrestricted examples is over all samples. The random-search "
+      f"baseline runs the same search with the classifiers' gradients off "
+      f"(noise and latent constraint alone); latent moves are RMS per "
+      f"dimension over the attacked samples.")
 
 
 def _label(name: str) -> str:
@@ -595,8 +638,8 @@ PRESETS = {
         # AutoAttack's "fast" version (APGD-CE + APGD-T): the standard one's
         # FAB-T and 5000-query Square on every robust point would take
         # hours here. The table names the version.
-        attack_settings={"unrestricted": {"num_steps": 100},
-                         "autoattack": {"version": "fast"}},
+        # The latent attack keeps the seed study's settings (500 steps).
+        attack_settings={"autoattack": {"version": "fast"}},
         unrestricted=dict(num_samples=128)),
 }
 

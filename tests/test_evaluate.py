@@ -230,26 +230,51 @@ def test_unrestricted_report_numbers_are_consistent(runs):
   gan = inference.restore(gan_dir)
   report = dict(num_samples=12, batch_size=8)
   none = evaluate.unrestricted(classifier, gan, {"num_steps": 0}, report)
-  # Zero steps: the "attacked" samples are the clean ones.
+  # Zero steps: the returned samples are the clean ones, and none succeeds
+  # (an attacked sample is one the classifier gets right at z0).
   assert none["classifier_accuracy_attacked_samples"] == pytest.approx(
       none["classifier_accuracy_clean_samples"])
   assert none["aux_keeps_source_attacked"] == pytest.approx(
       none["aux_keeps_source_clean"])
-  assert none["latent_rms_displacement"] == 0.0
+  assert none["successes"] == 0 and none["baseline"]["successes"] == 0
+  assert none["num_attacked"] <= 12 * min(
+      none["classifier_accuracy_clean_samples"],
+      none["aux_keeps_source_clean"]) + 1e-9
+  assert none["latent_rms_displacement"] in (0.0, None)
   result = evaluate.unrestricted(
-      classifier, gan, dict(num_steps=5, learning_rate=2.0, targeted=True),
+      classifier, gan, dict(num_steps=5, learning_rate=20.0, targeted=True),
       report)
-  assert result["num_samples"] == 12 and result["latent_rms_displacement"] > 0
-  # Success needs both: the classifier fooled and the source class kept.
-  assert result["success_rate"] <= 1 - result[
-      "classifier_accuracy_attacked_samples"] + 1e-9
-  assert result["success_rate"] <= result["aux_keeps_source_attacked"] + 1e-9
-  assert result["success_rate"] <= result["target_hit_rate"] + 1e-9
+  assert result["num_samples"] == 12
+  assert result["num_attacked"] == none["num_attacked"]  # same draws
+  for r in (result, result["baseline"]):
+    # Success needs both: the classifier fooled and the source class kept;
+    # it is a share of the attacked samples, accuracy one of all samples.
+    assert r["successes"] <= 12 * (
+        1 - r["classifier_accuracy_attacked_samples"]) + 1e-9
+    assert r["successes"] <= 12 * r["aux_keeps_source_attacked"] + 1e-9
+    assert r["success_rate"] == (r["successes"] / result["num_attacked"]
+                                 if result["num_attacked"] else 0.0)
+    if result["num_attacked"]:
+      assert r["latent_rms_displacement"] > 0
+      assert 0.0 <= r["within_eps_z"] <= 1.0
+      assert r["pixel_linf_distance"] >= r["pixel_rms_distance"] > 0
+    else:
+      assert r["latent_rms_displacement"] is None
+  assert result["successes"] <= 12 * result["target_hit_rate"] + 1e-9
   grid = result["grid"]
-  assert grid.shape[0] == 2 * 28 + 3  # two rows of 28x28 images and borders
+  # G(z0), the attack's and the baseline's images: three rows of 28x28.
+  assert grid.shape[0] == 3 * 28 + 4
   table = evaluate.unrestricted_markdown(result)
   assert (f"{100 * result['classifier_accuracy_attacked_samples']:.2f}%"
           in table)
+  assert f"{result['num_attacked']} of 12" in table
+  assert "settings custom" in table and "last iterate" in table
+  seed = evaluate.unrestricted(classifier, gan, {"num_steps": 2}, report)
+  assert "settings of the seed study's code" not in (
+      evaluate.unrestricted_markdown(seed))  # 2 steps is not the seed's
+  song = evaluate.unrestricted(classifier, gan, {"num_steps": 2},
+                               dict(report, preset="song"))
+  assert song["settings"]["lambda_z"] == 100.0 and song["num_steps"] == 2
 
 
 def test_robustness_report_with_gan_writes_the_latent_attack(runs, tmp_path):

@@ -10,6 +10,7 @@ The objective is a mean over the batch, so an example moves by lr / B times
 its own gradient: `LR` = 0.1 * B is a step of 0.1 per example.
 """
 
+import dataclasses
 import functools
 
 import jax
@@ -166,7 +167,8 @@ def test_steps_are_per_example_gradient_descent_with_freezing():
     expected.append(np.asarray(z))
     first.append(hit)
   r = attack(Z0, YS, None, num_steps=steps, learning_rate=lr, eps_z=eps_z,
-             lambda_z=lambda_z, lambda_aux=lambda_aux, langevin=False)
+             lambda_z=lambda_z, lambda_aux=lambda_aux, langevin=False,
+             iterate="first")
   np.testing.assert_allclose(np.asarray(r['z']), np.stack(expected), atol=1e-5)
   np.testing.assert_array_equal(r['first_success'], first)
   # The penalty was active (steps larger than eps_z) and nothing was trivial.
@@ -174,10 +176,11 @@ def test_steps_are_per_example_gradient_descent_with_freezing():
   assert 0 not in first
 
 
-# A toy with closed-form gradients: G(z, y) = z as a 1x1xDL image, f(x) = x W
-# (linear), C constant (no gradient; it says class 0, which no source is, so
-# nothing succeeds and nothing freezes). From z0 = 0 the targeted loss
-# CE(f(x), y_t) has gradient W (softmax(z W) - onehot(y_t)).
+# A toy with closed-form gradients: G(z, y) = [z, 0.5 onehot(y)] as a
+# 1x1x(DL + K) image, f(x) = x[:DL] W + 400 x[DL:] (linear; right on G(0, y)),
+# C(x) = x[DL:] (right, with no gradient in z), so every example is attacked
+# and, at these small steps, none succeeds or freezes. From z0 = 0 the
+# targeted loss CE(f(x), y_t) has gradient W (softmax(f(x)) - onehot(y_t)).
 DL = 512
 _W = np.random.RandomState(1).normal(size=(DL, K)).astype(np.float32)
 LIN_YS = jnp.asarray(1 + np.arange(B) % 2, jnp.int32)  # classes 1 and 2
@@ -185,29 +188,35 @@ LIN_YT = (LIN_YS + 1) % K
 
 
 def _linear_generate_fn(z, y):
-  del y
-  return z.reshape(-1, 1, 1, DL)
+  return jnp.concatenate([z, 0.5 * jax.nn.one_hot(y, K)],
+                         -1).reshape(-1, 1, 1, DL + K)
 
 
 def _linear_logits_fn(x):
-  return x.reshape(x.shape[0], -1) @ jnp.asarray(_W)
+  x = x.reshape(x.shape[0], -1)
+  return x[:, :DL] @ jnp.asarray(_W) + 400. * x[:, DL:]
 
 
-def _constant_aux_logits_fn(x):
-  return jnp.zeros((x.shape[0], K)) + jnp.asarray([1., 0., 0.])
+def _onehot_aux_logits_fn(x):
+  return x.reshape(x.shape[0], -1)[:, DL:]
 
 
-def _linear_grad(z, yt):
-  """Each example's gradient of CE(f(G(z)), y_t), in float64."""
-  logits = np.asarray(z, np.float64) @ _W.astype(np.float64)
+def _linear_softmax(z, ys, scale=1.):
+  logits = scale * (np.asarray(z, np.float64) @ _W.astype(np.float64)
+                    + 200. * np.eye(K)[np.asarray(ys)])
   p = np.exp(logits - logits.max(-1, keepdims=True))
-  p /= p.sum(-1, keepdims=True)
-  return (p - np.eye(K)[np.asarray(yt)]) @ _W.T.astype(np.float64)
+  return p / p.sum(-1, keepdims=True)
+
+
+def _linear_grad(z, yt, ys=LIN_YS):
+  """Each example's gradient of CE(f(G(z)), y_t) in z, in float64."""
+  return (_linear_softmax(z, ys) - np.eye(K)[np.asarray(yt)]) @ (
+      _W.T.astype(np.float64))
 
 
 def _linear_attack(z0, ys, yt, **kwargs):
   return attacks.unrestricted_attack(
-      _linear_generate_fn, _constant_aux_logits_fn, _linear_logits_fn, z0, ys,
+      _linear_generate_fn, _onehot_aux_logits_fn, _linear_logits_fn, z0, ys,
       jax.random.key(5), target_labels=yt, lambda_z=0., **kwargs)
 
 
@@ -321,8 +330,8 @@ def test_soft_constraint_keeps_z_near_z0():
 
 def test_examples_freeze_at_their_first_success():
   short_steps, long_steps = 12, 60
-  short = attack(Z0, YS, RNG, num_steps=short_steps)
-  long = attack(Z0, YS, RNG, num_steps=long_steps)
+  short = attack(Z0, YS, RNG, num_steps=short_steps, iterate="first")
+  long = attack(Z0, YS, RNG, num_steps=long_steps, iterate="first")
   for r, n in ((short, short_steps), (long, long_steps)):
     first = np.asarray(r['first_success'])
     success = np.asarray(r['success'])
@@ -361,22 +370,25 @@ def test_pixel_noise_stays_within_noise_eps():
 
 
 def test_pixel_noise_steps_tau_along_its_unit_gradient():
-  # G = 0 (only tau makes the image); at tau = 0, grad_tau L_b = noise_eps *
-  # W (softmax(0) - onehot(y_t)) / B, and tau_1 = -lr * that / ||that||_2,
-  # whatever f's scale (a 10x larger f has a 10x larger gradient) and
-  # without Langevin noise (which z gets).
+  # G's latent part is 0 (only tau moves those pixels); at tau = 0,
+  # grad_x L_b = [W, 400 I] (softmax(f) - onehot(y_t)) / B scaled by
+  # noise_eps, and tau_1 = -lr * that / ||that||_2 whatever f's scale (a
+  # 10x larger f has a larger gradient) and without Langevin noise (which z
+  # gets).
   lr, noise_eps = 1.0, 0.1
   z0 = jnp.zeros((B, DL))
-  direction = _linear_grad(z0, LIN_YT)
-  direction /= np.linalg.norm(direction, axis=-1, keepdims=True)
   for scale in (1., 10.):
+    g = _linear_softmax(z0, LIN_YS, scale) - np.eye(K)[np.asarray(LIN_YT)]
+    direction = np.concatenate([g @ _W.T.astype(np.float64), 400. * g], -1)
+    direction /= np.linalg.norm(direction, axis=-1, keepdims=True)
     r = attacks.unrestricted_attack(
-        lambda z, y: 0. * _linear_generate_fn(z, y), _constant_aux_logits_fn,
+        lambda z, y: _linear_generate_fn(0. * z, y), _onehot_aux_logits_fn,
         lambda x, s=scale: s * _linear_logits_fn(x), z0, LIN_YS,
         jax.random.key(5), target_labels=LIN_YT, num_steps=1,
         learning_rate=lr, lambda_z=0., noise_eps=noise_eps)
-    delta = np.asarray(r['images'], np.float64)  # G = 0
-    tau = np.arctanh(delta / noise_eps).reshape(B, DL)
+    np.testing.assert_array_equal(r['attacked'], True)
+    delta = np.asarray(r['images'] - r['generated'], np.float64)
+    tau = np.arctanh(delta / noise_eps).reshape(B, DL + K)
     np.testing.assert_allclose(np.linalg.norm(tau, axis=-1), lr, rtol=1e-3)
     np.testing.assert_allclose(tau, -lr * direction, atol=1e-4)
 
@@ -450,6 +462,114 @@ def test_jit_and_one_compiled_loop():
   assert calls_3 == calls_300 <= 4
   assert eqns_3 == eqns_300
   assert 'scan' in text
+
+
+def test_an_example_wrong_at_z0_is_never_a_success():
+  # f says class 1 whatever it sees: examples of source 0 and 2 start
+  # misclassified. They are not attacked (not moved, image G(z0, y_s)) and
+  # never succeed, though "f fooled and C keeps y_s" holds for them at z0.
+  def says_one(x):
+    return logits_fn(x) + jnp.asarray([0., 60., 0.])
+
+  for iterate in ("first", "last"):
+    r = attacks.unrestricted_attack(generate_fn, aux_logits_fn, says_one, Z0,
+                                    YS, RNG, num_steps=20, learning_rate=LR,
+                                    iterate=iterate)
+    wrong = np.asarray(YS) != 1
+    np.testing.assert_array_equal(r['attacked'], ~wrong)
+    assert not np.any(np.asarray(r['success'])[wrong])
+    np.testing.assert_array_equal(np.asarray(r['first_success'])[wrong], -1)
+    np.testing.assert_array_equal(np.asarray(r['z'])[wrong],
+                                  np.asarray(Z0)[wrong])
+    np.testing.assert_allclose(np.asarray(r['images'])[wrong],
+                               np.asarray(generate_fn(Z0, YS))[wrong])
+    # The old criterion would have counted them from iterate 0 on.
+    pred = np.argmax(says_one(r['images']), -1)
+    aux_pred = np.argmax(aux_logits_fn(r['images']), -1)
+    assert ((pred != np.asarray(YS)) & (aux_pred == np.asarray(YS)))[
+        wrong].all()
+
+
+def test_an_example_the_aux_classifier_rejects_at_z0_is_not_attacked():
+  # C says class 0 whatever it sees: only source-0 examples are attacked.
+  def aux_says_zero(x):
+    return aux_logits_fn(x) + jnp.asarray([60., 0., 0.])
+
+  r = attacks.unrestricted_attack(generate_fn, aux_says_zero, logits_fn, Z0,
+                                  YS, RNG, num_steps=20, learning_rate=LR)
+  np.testing.assert_array_equal(r['attacked'], np.asarray(YS) == 0)
+  assert not np.any(np.asarray(r['success'])[np.asarray(YS) != 0])
+
+
+def test_baseline_is_the_search_with_the_classifier_gradients_switched_off():
+  stopped = dict(
+      logits_fn=lambda x: jax.lax.stop_gradient(logits_fn(x)),
+      aux_logits_fn=lambda x: jax.lax.stop_gradient(aux_logits_fn(x)))
+  kwargs = dict(num_steps=40, learning_rate=LR, lambda_z=1.)
+  base = attacks.unrestricted_attack(generate_fn, aux_logits_fn, logits_fn,
+                                     Z0, YS, RNG, baseline=True, **kwargs)
+  off = attacks.unrestricted_attack(generate_fn, stopped["aux_logits_fn"],
+                                    stopped["logits_fn"], Z0, YS, RNG,
+                                    **kwargs)
+  np.testing.assert_allclose(np.asarray(off['z']), np.asarray(base['z']),
+                             atol=1e-6)
+  np.testing.assert_array_equal(off['success'], base['success'])
+  np.testing.assert_array_equal(off['attacked'], base['attacked'])
+  # The baseline still moves (noise) and is judged like the attack; the
+  # attack, with the gradient, does better from the same start and noise.
+  assert np.abs(np.asarray(base['z'] - Z0)).max() > 1e-3
+  ok, _, _ = _criterion(base['images'], YS)
+  np.testing.assert_array_equal(base['success'],
+                                ok & np.asarray(base['attacked']))
+  full = attacks.unrestricted_attack(generate_fn, aux_logits_fn, logits_fn,
+                                     Z0, YS, RNG, **kwargs)
+  assert np.sum(full['success']) > np.sum(base['success'])
+
+
+def test_last_iterate_is_judged_unless_first_is_asked():
+  first = attack(Z0, YS, RNG, num_steps=60, iterate="first")
+  last = attack(Z0, YS, RNG, num_steps=60, iterate="last")
+  ok, _, _ = _criterion(last['images'], YS)
+  np.testing.assert_array_equal(last['success'], ok & np.asarray(
+      last['attacked']))
+  # Same path until the first success; 'last' keeps walking after it.
+  early = np.asarray(first['first_success']) < 60
+  early &= np.asarray(first['success'])
+  assert early.any()
+  np.testing.assert_array_equal(np.asarray(last['first_success']),
+                                np.asarray(first['first_success']))
+  assert np.all(np.abs(np.asarray(last['z'] - first['z'])[early]).max(-1)
+                > 0)
+  # Judging the end point is the stricter requirement.
+  assert np.sum(last['success']) <= np.sum(first['success'])
+  with pytest.raises(UserError, match=r"iterate must be one of"):
+    attack(Z0, YS, RNG, num_steps=1, iterate="best")
+
+
+def test_presets_carry_the_reference_values():
+  from advjax import adversaries
+  seed, song = attacks.LATENT_PRESETS["seed"], attacks.LATENT_PRESETS["song"]
+  # The seed study's code and Song et al.'s main.py defaults.
+  assert seed == dict(num_steps=500, learning_rate=0.1, eps_z=0.1,
+                      lambda_z=0.1, lambda_aux=0.1, langevin=True,
+                      iterate="last")
+  assert song == dict(num_steps=1000, learning_rate=1.0, eps_z=0.1,
+                      lambda_z=100.0, lambda_aux=100.0, langevin=True,
+                      iterate="last")
+  # The adversary's and the function's defaults are the seed's.
+  s = adversaries.UnrestrictedSettings()
+  assert {k: getattr(s, k) for k in seed} == seed
+  assert adversaries.matching_preset(s) == "seed"
+  import inspect
+  params = inspect.signature(attacks.unrestricted_attack).parameters
+  assert {k: params[k].default for k in seed} == seed
+  song_s = adversaries.get("unrestricted").evaluation_settings(
+      adversaries.unrestricted_preset("song"))
+  assert adversaries.matching_preset(song_s) == "song"
+  tweaked = dataclasses.replace(song_s, learning_rate=2.)
+  assert adversaries.matching_preset(tweaked) == ""
+  with pytest.raises(UserError, match="unknown unrestricted preset 'madry'"):
+    adversaries.unrestricted_preset("madry")
 
 
 def test_malformed_inputs_raise_user_error():

@@ -41,13 +41,14 @@ from advjax.attacks._common import (DEFAULT_BOUNDS, NORMS, LogitsFn,
                                     check_attack_inputs,
                                     check_images_in_range)
 from advjax.attacks.gradient import fgsm, fgsm_least_likely, pgd
+from advjax.attacks.latent import PRESETS as LATENT_PRESETS
 from advjax.attacks.latent import unrestricted_attack
 from advjax.attacks.patch import (apply_patch, evaluate_patch,
                                   random_positions, train_patch)
 from advjax.attacks.transfer import transfer_attack
 
 __all__ = [
-    "DEFAULT_BOUNDS", "LogitsFn", "NORMS", "apply_patch", "autoattack",
+    "DEFAULT_BOUNDS", "LATENT_PRESETS", "LogitsFn", "NORMS", "apply_patch", "autoattack",
     "check_attack_inputs", "check_images_in_range", "evaluate_patch", "fgsm", "fgsm_least_likely", "pgd", "random_positions",
     "train_patch", "transfer_attack", "unrestricted_attack",
 ]

@@ -24,12 +24,31 @@ from advjax.attacks._common import LogitsFn, l2_norm_keepdims
 _LANGEVIN_ETA = 0.01
 _LANGEVIN_GAMMA = 0.55
 
+ITERATES = ("last", "first")
+
+# Settings of the two reference implementations, by name. Both run plain
+# gradient descent on the batch mean of the objective with the Langevin
+# noise above and judge the last iterate.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The code of the study advjax reimplements ("Adversarial training with
+    # Unrestricted Adversarial Examples"): learning rate 0.1, lambda 0.1 /
+    # 0.1, eps_z 0.1, 500 iterations.
+    "seed": dict(num_steps=500, learning_rate=0.1, eps_z=0.1, lambda_z=0.1,
+                 lambda_aux=0.1, langevin=True, iterate="last"),
+    # Song et al.'s code (ermongroup/generative_adversary, main.py
+    # defaults): --lr 1, --lambda1 100, --lambda2 100, --z_eps 0.1,
+    # --n_iters 1000, --batch_size 64 (the report's batch).
+    "song": dict(num_steps=1000, learning_rate=1.0, eps_z=0.1,
+                 lambda_z=100.0, lambda_aux=100.0, langevin=True,
+                 iterate="last"),
+}
+
 
 def _unrestricted_core(generate_fn, aux_logits_fn, logits_fn, optimizer,
-                       num_steps, langevin, use_noise, axis_name, z0, source,
-                       target, rng, hparams):
+                       num_steps, langevin, use_noise, axis_name, iterate,
+                       z0, source, target, rng, hparams):
   """The latent search of `unrestricted_attack` (inputs already validated)."""
-  lr, eps_z, lambda_z, lambda_aux, noise_eps = hparams
+  lr, eps_z, lambda_z, lambda_aux, noise_eps, steer = hparams
   z0 = z0.astype(jnp.float32)
   batch = z0.shape[0]
   # The objective is a mean over the batch; with `axis_name`, over the global
@@ -62,12 +81,19 @@ def _unrestricted_core(generate_fn, aux_logits_fn, logits_fn, optimizer,
     dz2 = jnp.square(params["z"] - z0)
     z_penalty = jnp.mean(jnp.maximum(dz2 - jnp.square(eps_z), 0.), axis=-1)
     aux_loss = losses.cross_entropy(aux_logits, source)
+    # steer = 0 is the random-search baseline: the networks' terms keep
+    # their values (they judge) but pass no gradient (they do not steer).
+    # Traced, so the attack and its baseline share one compiled program.
+    steered = lambda v: jax.lax.stop_gradient(v) + steer * (
+        v - jax.lax.stop_gradient(v))
+    loss0, aux_loss = steered(loss0), steered(aux_loss)
     loss = loss0 + lambda_z * z_penalty + lambda_aux * aux_loss
-    success = fooled & (jnp.argmax(aux_logits, axis=-1) == source)
-    return loss, images, generated, success
+    aux_keeps = jnp.argmax(aux_logits, axis=-1) == source
+    success = fooled & aux_keeps
+    return loss, images, generated, success, (pred == source) & aux_keeps
 
   def mean_loss(params):
-    loss, _, _, success = forward(params)
+    loss, _, _, success, _ = forward(params)
     return jnp.sum(loss) / global_batch, success
 
   params = {"z": z0}
@@ -75,6 +101,9 @@ def _unrestricted_core(generate_fn, aux_logits_fn, logits_fn, optimizer,
     image_shape = jax.eval_shape(generate_fn, z0, source).shape
     params["tau"] = jnp.zeros(image_shape, jnp.float32)
   opt_state = optimizer.init(params) if optimizer is not None else None
+  # Attacked: both networks give the source class at z0. The others are
+  # never moved (their image stays G(z0, y_s)) and never succeed.
+  attacked = forward(params)[4]
   done = jnp.zeros((batch,), bool)
   first = jnp.full((batch,), -1, jnp.int32)
 
@@ -87,6 +116,7 @@ def _unrestricted_core(generate_fn, aux_logits_fn, logits_fn, optimizer,
   def step(carry, t):
     params, opt_state, done, first = carry
     grads, success = jax.grad(mean_loss, has_aux=True)(params)
+    success = success & attacked
     first = jnp.where(success & ~done, t, first)
     done = done | success
     if langevin:
@@ -102,19 +132,22 @@ def _unrestricted_core(generate_fn, aux_logits_fn, logits_fn, optimizer,
     else:
       updates, opt_state = optimizer.update(grads, opt_state, params)
       new_params = optax.apply_updates(params, updates)
-    return (freeze(done, new_params, params), opt_state, done, first), None
+    frozen = ~attacked | (done if iterate == "first" else False)
+    return (freeze(frozen, new_params, params), opt_state, done, first), None
 
   (params, _, done, first), _ = jax.lax.scan(
       step, (params, opt_state, done, first),
       jnp.arange(num_steps, dtype=jnp.int32))
   # The last iterate is checked too, so `success` describes the returned image.
-  loss, images, generated, success = forward(params)
+  loss, images, generated, success, _ = forward(params)
+  success = success & attacked
   first = jnp.where(success & ~done, num_steps, first)
   return {
       "images": images,
       "generated": generated,
       "z": params["z"],
-      "success": done | success,
+      "success": (done | success) if iterate == "first" else success,
+      "attacked": attacked,
       "first_success": first,
       "loss": loss,
       "source_labels": source,
@@ -126,9 +159,15 @@ def unrestricted_attack(generate_fn: Callable[[jax.Array, jax.Array],
                                               jax.Array],
                         aux_logits_fn: LogitsFn, logits_fn: LogitsFn, z0,
                         source_labels, rng, *, target_labels=None,
-                        num_steps: int = 500, learning_rate=4.0, eps_z=0.1,
-                        lambda_z=0.1, lambda_aux=0.1, noise_eps=0.0,
-                        langevin: bool = True,
+                        num_steps: int = PRESETS["seed"]["num_steps"],
+                        learning_rate=PRESETS["seed"]["learning_rate"],
+                        eps_z=PRESETS["seed"]["eps_z"],
+                        lambda_z=PRESETS["seed"]["lambda_z"],
+                        lambda_aux=PRESETS["seed"]["lambda_aux"],
+                        noise_eps=0.0,
+                        langevin: bool = PRESETS["seed"]["langevin"],
+                        iterate: str = PRESETS["seed"]["iterate"],
+                        baseline: bool = False,
                         optimizer: Optional[optax.GradientTransformation] = None,
                         axis_name: Optional[str] = None) -> dict[str, Any]:
   """Unrestricted adversarial examples from an AC-GAN (Song et al. 2018).
@@ -161,10 +200,26 @@ def unrestricted_attack(generate_fn: Callable[[jax.Array, jax.Array],
   ||grad_tau L||_2 (norm over H, W, C; no Langevin noise), and C still
   judges G(z, y_s) before the noise.
 
-  Success of x: argmax f(x) != y_s (== y_t if targeted) and
-  argmax C(G(z, y_s)) == y_s. It is checked at every iterate z_0 ..
-  z_num_steps; an example that succeeds is frozen there, so its returned
-  image is the one of its first success.
+  Attacked examples: only those that both f and C put in the source class
+  at z0 (argmax f(G(z0, y_s)) == argmax C(G(z0, y_s)) == y_s) are searched;
+  the others keep z0 (their image is G(z0, y_s)) and never count as a
+  success, so a sample the classifier already got wrong, or that the GAN
+  did not make recognisably y_s, is not credited to the attack.
+
+  Success of an attacked x: argmax f(x) != y_s (== y_t if targeted) and
+  argmax C(G(z, y_s)) == y_s. iterate='last' (both references) returns the
+  last iterate z_num_steps and judges it; iterate='first' freezes each
+  example at the first iterate that succeeds and returns that one (a
+  weaker requirement: any point of the path counts).
+
+  baseline=True is the random-search baseline with the same budget: the
+  classifier and auxiliary terms are evaluated but under stop_gradient, so
+  z moves by the Langevin noise and the latent constraint alone. Its
+  success, against the attack's with the same key, is what sampling the GAN
+  near z0 gives without the classifier's gradient.
+
+  The defaults are the settings of the seed study's code (`PRESETS['seed']`;
+  `PRESETS['song']` holds Song et al.'s).
 
   Args:
     generate_fn: (z [B, D], labels [B]) -> images [B, H, W, C] in [-1, 1].
@@ -174,17 +229,24 @@ def unrestricted_attack(generate_fn: Callable[[jax.Array, jax.Array],
     source_labels: y_s, int [B], the class the images are generated from.
     rng: PRNG key for the Langevin noise (may be None if langevin=False).
     target_labels: y_t, int [B], for a targeted attack; None: untargeted.
+    iterate: 'last' or 'first' (see above).
+    baseline: the random-search baseline instead of the attack.
     axis_name: a mapped axis (e.g. shard_map's) whose devices share the
       batch; None: the batch of this call is the whole batch.
 
   Returns:
     dict with 'images' [B, H, W, C] (what f sees), 'generated' (G(z, y_s),
-    what C sees; 'images' without pixel noise), 'z' [B, D], 'success' bool
-    [B] (the returned image satisfies the criterion), 'first_success' int
-    [B] (the iterate index in [0, num_steps] of the first success, -1 if
-    none), 'loss' (each example's term of L at the returned z, [B]),
+    what C sees; 'images' without pixel noise), 'z' [B, D], 'attacked'
+    bool [B] (both networks right at z0), 'success' bool [B] (attacked and
+    the returned image satisfies the criterion), 'first_success' int [B]
+    (the iterate index in [1, num_steps] of the first success of an
+    attacked example, -1 if none; with iterate='last' the returned iterate
+    may no longer succeed), 'loss' (each example's term of L at the returned z, [B]),
     'source_labels', 'target_labels' (None if untargeted).
   """
+  _common.refuse_if(
+      iterate not in ITERATES,
+      f"iterate must be one of {list(ITERATES)}, got {iterate!r}.")
   _check_inputs(generate_fn, aux_logits_fn, logits_fn, z0, source_labels,
                 target_labels, rng, num_steps, langevin, optimizer,
                 eps_z=eps_z, learning_rate=learning_rate, lambda_z=lambda_z,
@@ -193,14 +255,16 @@ def unrestricted_attack(generate_fn: Callable[[jax.Array, jax.Array],
   # keeps tau (harmless: noise_eps = 0 adds nothing).
   use_noise = not _common.is_concrete(noise_eps) or float(noise_eps) > 0
   hparams = tuple(jnp.asarray(v, jnp.float32) for v in
-                  (learning_rate, eps_z, lambda_z, lambda_aux, noise_eps))
+                  (learning_rate, eps_z, lambda_z, lambda_aux, noise_eps,
+                   0. if baseline else 1.))
   source = jnp.asarray(source_labels, jnp.int32)
   target = (None if target_labels is None
             else jnp.asarray(target_labels, jnp.int32))
-  return _common.maybe_jit(_unrestricted_core, (0, 1, 2, 3, 4, 5, 6, 7),
+  return _common.maybe_jit(_unrestricted_core, tuple(range(9)),
                            generate_fn, aux_logits_fn, logits_fn, optimizer,
                            int(num_steps), bool(langevin), use_noise,
-                           axis_name, z0, source, target, rng, hparams)
+                           axis_name, str(iterate), z0, source, target, rng,
+                           hparams)
 
 
 def _check_inputs(generate_fn, aux_logits_fn, logits_fn, z0, source_labels,
