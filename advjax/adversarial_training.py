@@ -65,7 +65,8 @@ import ml_collections
 
 import numpy as np
 
-from advjax import adversaries, frozen_models, inference, input_pipeline, losses
+from advjax import adversaries, config_changes, frozen_models, inference
+from advjax import input_pipeline, losses
 from advjax import settings as settings_lib
 from advjax.errors import UserError
 from advjax.models import gans
@@ -134,6 +135,21 @@ class Settings:
     settings_lib.check_in_unit_interval(self, "prop", "overfit_warn_fraction")
     settings_lib.check_nonnegative(self, "adv_weight",
                                    "overfit_check_examples")
+
+
+@config_changes.register_unused
+def _unused_adversary_block(flat: dict[str, Any], field: str) -> bool:
+  """A run reads the settings of its mode's adversary, and the
+  unrestricted adversary's when its generated data is unrestricted
+  examples; the other adversaries' blocks are inert."""
+  parts = field.split(".")
+  if len(parts) < 3 or parts[0] != SECTION or (
+      parts[1] not in adversaries.ADVERSARIES):
+    return False
+  used = {flat.get(f"{SECTION}.mode", "none")}
+  if flat.get(f"{SECTION}.generated.source", "") == "unrestricted":
+    used.add("unrestricted")
+  return parts[1] not in used
 
 
 def split_mode(name: str) -> tuple[str, str]:

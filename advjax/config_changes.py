@@ -32,13 +32,17 @@ Decisions:
   advjax, or an override of a field the file lacks) counts as a change from
   or to `<absent>`, except where the other config holds that field's default
   (a field a newer advjax added to a block, at its default, is no change).
+  A field that neither run reads is no change either: a module that knows
+  which blocks a run uses registers `register_unused(predicate)` (e.g. the
+  settings of an adversary other than the run's training mode), so a new
+  default of an adversary does not stop runs of every other mode.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any
+from typing import Any, Callable
 
 from advjax import settings
 
@@ -79,6 +83,22 @@ def _plain(value: Any) -> Any:
   return value
 
 
+# predicate(flat config, dotted field) -> True when that run never reads it.
+_UNUSED: list[Callable[[dict[str, Any], str], bool]] = []
+
+
+def register_unused(predicate: Callable[[dict[str, Any], str], bool]
+                    ) -> Callable[[dict[str, Any], str], bool]:
+  """Adds `predicate(flat_config, field)`: True when a run with that
+  (flattened) config does not read `field`. Decorator."""
+  _UNUSED.append(predicate)
+  return predicate
+
+
+def _unused(flat: dict[str, Any], field: str) -> bool:
+  return any(p(flat, field) for p in _UNUSED)
+
+
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
   """{'a.b.c': leaf} of a nested dict or ConfigDict (empty dicts are leaves)."""
   out: dict[str, Any] = {}
@@ -114,6 +134,8 @@ def diff_configs(saved: Any, new: Any) -> list[ConfigChange]:
     old, now = a.get(field, ABSENT), b.get(field, ABSENT)
     if ABSENT in (old, now) and field in defaults and (
         (now if old is ABSENT else old) == defaults[field]):
+      continue
+    if _unused(a, field) and _unused(b, field):
       continue
     if old != now:
       changes.append(ConfigChange(field, old, now))

@@ -77,6 +77,33 @@ def test_field_missing_at_its_default_is_no_change():
   assert compare_configs(config, saved) == ([], [])
 
 
+def test_settings_of_an_adversary_the_run_does_not_use_are_no_change():
+  """A new default of one adversary does not stop the runs of the others:
+  a pgd run reads only the pgd block (and the unrestricted one when its
+  generated data is unrestricted examples)."""
+  config = load_config("study_fashion_mnist:pgd")
+  saved = _saved(config)
+  saved["adversarial_training"]["unrestricted"]["learning_rate"] = 4.0
+  del saved["adversarial_training"]["unrestricted"]["iterate"]
+  saved["adversarial_training"]["trades"]["beta"] = 1.0
+  assert compare_configs(saved, config) == ([], [])
+  config.adversarial_training.pgd.num_steps = 7  # its own block: refused
+  config.adversarial_training.generated.source = "unrestricted"
+  # A run that reads the block (before or after) sees its changes.
+  _, refused = compare_configs(saved, config)
+  assert [c.field for c in refused] == [
+      "adversarial_training.generated.source",
+      "adversarial_training.pgd.num_steps",
+      "adversarial_training.unrestricted.iterate",
+      "adversarial_training.unrestricted.learning_rate"]
+  saved["adversarial_training"]["generated"]["source"] = "unrestricted"
+  _, refused = compare_configs(saved, config)
+  assert [c.field for c in refused] == [
+      "adversarial_training.pgd.num_steps",
+      "adversarial_training.unrestricted.iterate",
+      "adversarial_training.unrestricted.learning_rate"]
+
+
 def test_refused_message_is_one_line_with_both_ways_forward():
   refused = [ConfigChange("model.widths", [8, 16], [16, 32]),
              ConfigChange("optimizer.name", "adam", "sgd"),
