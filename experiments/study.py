@@ -17,12 +17,14 @@ accuracy and robustness, compared with plain training?
    clean test accuracy, accuracy under each attack of `--attacks` at
    `--eps` (settings `--attack.<name>.<field>`), accuracy on clean AC-GAN
    samples and on unrestricted adversarial examples made against that very
-   classifier (`--attack.unrestricted.<field>`, `--unrestricted.<field>`),
-   and any evaluator named in `--evaluators` (a column per number);
+   classifier (`--attack.unrestricted.<field>`, `--unrestricted.<field>`;
+   the protocol of `advjax.evaluators.unrestricted`: only samples both
+   networks get right at z0 are attacked, next to a random-search
+   baseline), and any evaluator named in `--evaluators` (a column per number);
 4. writes `<workdir>/study.md` and `study.csv` (the comparison table),
    `accuracy_curves.png` (test accuracy and accuracy on generated samples over
-   training, every mode) and `unrestricted_<mode>.png` (clean samples above,
-   adversarial below).
+   training, every mode) and `unrestricted_<mode>.png` (G(z0) on top, the
+   attack's example below it, the baseline's last).
 
 With `--seeds=N` every mode is trained and evaluated N times on the same GAN
 (seed s is the config argument's `seed=s`, added to the config's seed, and
@@ -629,8 +631,9 @@ def run_study(workdir: str, *, gan_config: str, classifier_config: str,
 # Smaller versions of the study; flags given on the command line win.
 PRESETS = {
     "full": {},
-    # The README's main job (with --seeds=3: 40 minutes on a 2-core CPU,
-    # measured at load 1-3; one seed about 15).
+    # The README's main job (with --seeds=3: 40 minutes on a 2-core CPU
+    # measured at load 1-3 with 100 latent steps; the seed's 500 add about
+    # a minute per classifier).
     "small": dict(
         gan_overrides=["num_epochs=1.0", "eval_every_steps=1000"],
         classifier_overrides=["num_epochs=0.5", "eval_every_steps=25"],
@@ -685,8 +688,7 @@ def _define_flags():
       "gives each run; --config.<field> overrides set a field of every one.")
   flags.DEFINE_enum("preset", "full", list(PRESETS),
                     "'small': a shorter GAN and classifiers, fewer test "
-                    "images and latent steps (about 15 minutes per seed on 2 "
-                    "CPU cores).")
+                    "images (about 17 minutes per seed on 2 CPU cores).")
   flags.DEFINE_list("modes", study_modes(), "Modes to train and compare.")
   flags.DEFINE_float("eps", 0.2, "L-inf budget of the attacks, [-1, 1] "
                      "units.")
