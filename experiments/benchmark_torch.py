@@ -50,7 +50,7 @@ WORKLOADS: dict[str, dict[str, Any]] = {
     "latent_attack": dict(kind="latent_attack", config="quickstart",
                           gan_config="quickstart_gan", batch=128,
                           num_steps=20, learning_rate=0.1, eps_z=0.1,
-                          lambda_z=0.1, lambda_aux=0.1,
+                          lambda_z=0.1, lambda_aux=0.1, iterate="last",
                           title="latent attack, quickstart AC-GAN + CNN, "
                                 "batch 128, 20 iterations"),
     "densenet_train": dict(kind="classifier_train", config="densenet_cifar100",
@@ -254,7 +254,8 @@ def build_latent_attack(w: dict[str, Any], config) -> Built:
         lambda x: gan.players.discriminator.apply(d_vars, x, None,
                                           train=False)["logits"],
         functools.partial(model.apply, variables, train=False),
-        z0, y, rng, num_steps=w["num_steps"], **{k: w[k] for k in names})
+        z0, y, rng, num_steps=w["num_steps"], iterate=w["iterate"],
+        **{k: w[k] for k in names})
 
   args = (variables, g_vars, d_vars, z0, data["label"], rng)
   compiled, compile_s = _timed_compile(jax.jit(attack), *args)
@@ -265,14 +266,15 @@ def build_latent_attack(w: dict[str, Any], config) -> Built:
       np.asarray(jax.random.normal(jax.random.fold_in(rng, t), z0.shape))
       for t in range(w["num_steps"])]))
   spec = dict(kind="latent_attack", model=spec, num_steps=w["num_steps"],
-              **{k: w[k] for k in names},
+              iterate=w["iterate"], **{k: w[k] for k in names},
               **_gan_specs(gan_config, info.num_classes, info.image_shape))
   export = {**flatten(variables, "classifier"),
             **flatten(g_vars, "generator"), **flatten(d_vars, "discriminator")}
 
   def reference():
     out = call()
-    return {k: np.asarray(out[k]) for k in ("images", "success", "loss")}
+    return {k: np.asarray(out[k])
+            for k in ("images", "success", "attacked", "loss")}
   return Built(call, compile_s, spec, _export(export, data), reference)
 
 

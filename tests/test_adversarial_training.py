@@ -18,6 +18,10 @@ from advjax.trainers import classifier as train
 from advjax.errors import UserError
 from tests.helpers import load_config
 
+# One worker runs this module, so its module fixtures are built once
+# (pyproject.toml: --dist=loadgroup).
+pytestmark = pytest.mark.xdist_group("adversarial_training")
+
 FM_SHAPE = (28, 28, 1)  # fashion_mnist, as the GAN fixture
 SMALL = (8, 8, 1)
 

@@ -62,7 +62,9 @@ ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square", "autoattack")
 MIN_AGREEMENT = {"apgd-ce": 0.94, "apgd-t": 0.94, "fab-t": 0.99,
                  "square": 0.94, "autoattack": 0.94}
 
-pytestmark = pytest.mark.slow
+# One worker runs this module, so its module fixtures are built once
+# (pyproject.toml: --dist=loadgroup).
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("autoattack_reference")]
 
 
 def _jax_env():

@@ -19,6 +19,10 @@ from advjax import attacks, evaluate
 from advjax.attacks import apgd, autoattack, fab, square
 from advjax.errors import UserError
 
+# One worker runs this module, so its module fixtures are built once
+# (pyproject.toml: --dist=loadgroup).
+pytestmark = pytest.mark.xdist_group("bounds")
+
 
 class _Net(nn.Module):
   """A tiny classifier on [0, 1] images (as a model outside advjax)."""

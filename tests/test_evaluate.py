@@ -11,6 +11,10 @@ from advjax import attacks, evaluate, inference, trainers
 from advjax.errors import UserError
 from tests.helpers import load_config
 
+# One worker runs this module, so its module fixtures are built once
+# (pyproject.toml: --dist=loadgroup).
+pytestmark = pytest.mark.xdist_group("evaluate")
+
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):

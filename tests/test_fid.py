@@ -26,6 +26,10 @@ from advjax import inception
 from advjax.errors import UserError
 from tests import helpers
 
+# One worker runs this module, so its module fixtures are built once
+# (pyproject.toml: --dist=loadgroup).
+pytestmark = pytest.mark.xdist_group("fid")
+
 REPO = Path(__file__).resolve().parents[1]
 DUMP_SCRIPT = REPO / "tests" / "torch_reference" / "dump_fid_inception.py"
 

@@ -29,6 +29,10 @@ from tests import gcs_emulator
 from tests.helpers import ROOT, python_path, run_cli, write_idx_gz
 from tests.netguard import sitecustomize as netguard
 
+# One worker runs this module, so its module fixtures are built once
+# (pyproject.toml: --dist=loadgroup).
+pytestmark = pytest.mark.xdist_group("gcs")
+
 
 def _run_python(code: str, timeout: float = 120) -> subprocess.CompletedProcess:
   return subprocess.run([sys.executable, "-c", textwrap.dedent(code)],

@@ -12,6 +12,10 @@ import tensorflow_datasets as tfds
 from advjax.errors import UserError
 from tests.helpers import ROOT
 
+# One worker runs this module, so its module fixtures are built once
+# (pyproject.toml: --dist=loadgroup).
+pytestmark = pytest.mark.xdist_group("study")
+
 MODES = ("none", "fgsm", "gan", "unrestricted")
 GAN_OVERRIDES = ["model.generator.width=4", "model.discriminator.width=4",
                  "model.latent_dim=8", "batch_size=8", "num_train_steps=2",

@@ -35,6 +35,10 @@ from advjax import adversaries, losses, robust_losses
 from advjax.models.cnn import SmallCNN
 from tests.helpers import ROOT
 
+# One worker runs this module, so its module fixtures are built once
+# (pyproject.toml: --dist=loadgroup).
+pytestmark = pytest.mark.xdist_group("training_modes_reference")
+
 TORCH_PY = os.path.join(ROOT, ".ci", "torch-venv", "bin", "python")
 SCRIPT = os.path.join(ROOT, "tests", "torch_reference",
                       "training_modes_torch.py")

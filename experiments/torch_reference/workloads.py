@@ -139,7 +139,9 @@ def pgd_step(spec, variables, data):
 
 
 def latent_step(spec, variables, data):
-  """advjax.attacks.unrestricted_attack: untargeted, Langevin SGD on z."""
+  """advjax.attacks.unrestricted_attack: untargeted, Langevin gradient
+  descent on the batch mean, only examples both networks get right at z0
+  attacked, the `iterate` spec's iterate judged."""
   classifier = _frozen(spec["model"], variables, "classifier")
   gen = _frozen(spec["generator"], variables, "generator")
   disc = _frozen(spec["discriminator"], variables, "discriminator")
@@ -157,23 +159,32 @@ def latent_step(spec, variables, data):
     loss0 = -torch.max(logp.masked_fill(is_source, -float("inf")), -1).values
     z_pen = torch.clamp((z - z0) ** 2 - eps_z ** 2, min=0).mean(-1)
     aux_loss = F.cross_entropy(aux, source, reduction="none")
-    success = (logits.argmax(-1) != source) & (aux.argmax(-1) == source)
-    return loss0 + lambda_z * z_pen + lambda_aux * aux_loss, images, success
+    keeps = aux.argmax(-1) == source
+    success = (logits.argmax(-1) != source) & keeps
+    right = (logits.argmax(-1) == source) & keeps
+    return loss0 + lambda_z * z_pen + lambda_aux * aux_loss, images, success, right
 
   def step():
     z = z0.clone()
+    with torch.no_grad():
+      attacked = forward(z0)[3]
     done = torch.zeros(z.shape[0], dtype=torch.bool)
     for t in range(spec["num_steps"]):
       zg = z.clone().requires_grad_(True)
-      loss, _, success = forward(zg)
-      (g,) = torch.autograd.grad(loss.sum(), zg)
-      done = done | success
+      loss, _, success, _ = forward(zg)
+      (g,) = torch.autograd.grad(loss.mean(), zg)
+      done = done | (success & attacked)
       std = (0.01 / (1 + t) ** 0.55) ** 0.5
       new_z = z - lr * (g + std * noise[t])
-      z = torch.where(done[:, None], z, new_z)
+      frozen = ~attacked | (done if spec["iterate"] == "first" else False)
+      z = torch.where(frozen[:, None], z, new_z)
     with torch.no_grad():
-      loss, images, success = forward(z)
-    return {"images": images, "success": done | success, "loss": loss}
+      loss, images, success, _ = forward(z)
+    success = success & attacked
+    if spec["iterate"] == "first":
+      success = done | success
+    return {"images": images, "success": success, "attacked": attacked,
+            "loss": loss}
   return step
 
 
