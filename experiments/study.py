@@ -210,10 +210,14 @@ def _train(config: ml_collections.ConfigDict, workdir: str, what: str,
   t0 = time.time()
   trainers.run(config, workdir, options)
   seconds = time.time() - t0
+  step = checkpoints.available_steps(workdir)[-1]
   if stored and steps and steps[-1] == stored["step"]:
-    seconds += float(stored.get("train_seconds", 0.0))  # continued
-  record = {"config": saved, "step": checkpoints.available_steps(workdir)[-1],
-            "train_seconds": seconds, "gan": gan}
+    # Continued: the earlier training time, plus this call's if it trained
+    # (a resume of a finished run under an accepted change trains nothing).
+    seconds = float(stored.get("train_seconds", 0.0)) + (
+        seconds if step != stored["step"] else 0.0)
+  record = {"config": saved, "step": step, "train_seconds": seconds,
+            "gan": gan}
   _write_json(fileio.join(workdir, RESULTS),
               {"train": record, "parts": cell.get("parts", {})})
   return record

@@ -5,6 +5,7 @@ import csv
 import importlib.util
 import json
 import os
+import time
 
 import pytest
 import tensorflow_datasets as tfds
@@ -362,3 +363,39 @@ def test_a_gan_mode_classifier_refuses_a_changed_gan_at_the_same_path(
   with pytest.raises(UserError, match="was trained on another GAN"):
     _small(study, first_run, tmp_path / "study", [], modes=("gan",),
            attack_names=("fgsm",), gan_workdir=gan_dir)
+
+
+def test_a_resume_that_trains_nothing_keeps_the_training_time(tmp_path,
+                                                             monkeypatch):
+  # A finished run re-invoked under a changed config (the loop accepts it
+  # and trains nothing) keeps its training time; a continued run adds.
+  from advjax import loop  # pylint: disable=g-import-not-at-top
+  from tests.helpers import load_config  # pylint: disable=g-import-not-at-top
+  study = _study()
+  workdir = str(tmp_path)
+  config = load_config("study_fashion_mnist:none")
+  steps = [5]
+  monkeypatch.setattr(study.checkpoints, "available_steps",
+                      lambda _: list(steps))
+
+  def train(config, workdir, options):
+    del config, workdir, options
+    time.sleep(0.05)
+    steps.append(steps[-1] + extra[0])
+
+  extra = [0]
+  monkeypatch.setattr(study.trainers, "run", train)
+  with open(os.path.join(workdir, study.RESULTS), "w") as f:
+    json.dump({"train": {"config": {}, "step": 5, "train_seconds": 30.0,
+                         "gan": None}, "parts": {}}, f)
+  options = loop.RunOptions()
+  record = study._train(config, workdir, "x", print, options)  # pylint: disable=protected-access
+  assert record["train_seconds"] == 30.0 and record["step"] == 5
+  # Continued by 3 steps: the earlier time plus this call's.
+  extra[0] = 3
+  steps[:] = [5]
+  with open(os.path.join(workdir, study.RESULTS), "w") as f:
+    json.dump({"train": {"config": {}, "step": 5, "train_seconds": 30.0,
+                         "gan": None}, "parts": {}}, f)
+  record = study._train(config, workdir, "x", print, options)  # pylint: disable=protected-access
+  assert record["train_seconds"] > 30.04 and record["step"] == 8
